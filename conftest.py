@@ -1,0 +1,3 @@
+"""Root conftest: loads the harness's pytest plugin (fixtures, options, markers)."""
+
+pytest_plugins = ["harness.pytest_plugin"]

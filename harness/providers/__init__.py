@@ -1,0 +1,1 @@
+"""Cluster providers: one narrow interface (``base``), several implementations."""
