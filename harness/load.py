@@ -1,0 +1,403 @@
+"""Locust, driven as a subprocess: bounded in users, rate and time, to loopback only.
+
+Locust is never imported here: it monkey-patches the standard library with gevent, which would
+break the harness and pytest. We start `python -m locust` with an argument list, let it write
+its CSV statistics and the request timeline (see loadtest/locustfile.py), and read them back.
+
+    run = start_load("http://127.0.0.1:31859", users=10, duration_s=30, out_dir=tmp)
+    run.wait_for_requests(20)      # load is flowing: inject the fault now
+    ...
+    result = run.wait()            # LoadResult: exit code, CSV totals, every request
+    result.check()                 # raises LoadError with Locust's last log lines if it failed
+
+Traffic goes only to loopback (127.0.0.0/8, ::1, localhost). A provider that knows an address
+is its own cluster's NodePort (minikube's VM IP, a kind node) passes `allow_non_loopback=True`;
+nothing else should.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+from urllib.parse import urlsplit
+
+from harness.measure import RequestRecord, read_timeline
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
+MAX_USERS = 200
+MAX_RUN_TIME_S = 600
+# Locust needs a second or two to import and spawn; after --run-time it lets users finish their
+# task for up to --stop-timeout; past all that plus this margin the process is killed.
+STARTUP_MARGIN_S = float(os.environ.get("HARNESS_LOCUST_STARTUP_MARGIN_S", "30"))
+DEFAULT_STOP_TIMEOUT_S = 5
+TERMINATE_GRACE_S = 5.0
+POLL_INTERVAL_S = 0.05
+
+
+class LoadError(RuntimeError):
+    """Locust could not be started or did not finish; the message carries its last lines."""
+
+
+class NonLoopbackHost(LoadError, ValueError):
+    """The load target is not a loopback address and no opt-in was given."""
+
+
+def require_loopback(host: str, allow_non_loopback: bool = False) -> str:
+    """`host` (a base URL) if it points at loopback (or the caller opted in); else raise."""
+    parts = urlsplit(host)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise LoadError(f"load target {host!r} is not an http(s) URL with a host")
+    if allow_non_loopback:
+        return host
+    name = parts.hostname
+    if name == "localhost":
+        return host
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise NonLoopbackHost(
+            f"refusing to send load to {host!r}: load goes only to loopback (127.0.0.0/8, ::1, "
+            "localhost). A provider whose NodePort address is its own cluster's passes "
+            "allow_non_loopback=True."
+        )
+    return host
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    host: str
+    out_dir: Path  # timeline.jsonl, locust_stats.json, locust_*.csv, locust.log go here
+    users: int = 10
+    spawn_rate: float = 10.0
+    duration_s: int = 30
+    user_rps: float = 5.0  # tasks/s per user: users * user_rps is the target request rate
+    api_key: str = ""
+    golden: Path | None = None
+    run_id: str = ""
+    locustfile: Path = LOCUSTFILE
+    stop_timeout_s: int = DEFAULT_STOP_TIMEOUT_S
+    extra_args: tuple[str, ...] = ()
+    allow_non_loopback: bool = False
+
+    @property
+    def timeline_path(self) -> Path:
+        return self.out_dir / "timeline.jsonl"
+
+    @property
+    def csv_prefix(self) -> Path:
+        return self.out_dir / "locust"
+
+    @property
+    def stats_json_path(self) -> Path:
+        return self.out_dir / "locust_stats.json"  # Locust appends ".json" to --json-file
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "locust.log"
+
+    @property
+    def hard_timeout_s(self) -> float:
+        return self.duration_s + self.stop_timeout_s + STARTUP_MARGIN_S
+
+    def validate(self) -> None:
+        require_loopback(self.host, self.allow_non_loopback)
+        if not 1 <= self.users <= MAX_USERS:
+            raise LoadError(f"users must be 1..{MAX_USERS}, got {self.users}")
+        if not 1 <= self.duration_s <= MAX_RUN_TIME_S:
+            raise LoadError(f"duration_s must be 1..{MAX_RUN_TIME_S}, got {self.duration_s}")
+        if self.spawn_rate <= 0 or self.user_rps < 0:
+            raise LoadError("spawn_rate must be > 0 and user_rps >= 0")
+        if not self.locustfile.is_file():
+            raise LoadError(f"locustfile {self.locustfile} not found")
+
+    def argv(self) -> list[str]:
+        argv = [
+            sys.executable, "-m", "locust",
+            "-f", str(self.locustfile),
+            "--headless",
+            "--users", str(self.users),
+            "--spawn-rate", f"{self.spawn_rate:g}",
+            "--run-time", f"{int(self.duration_s)}s",
+            "--stop-timeout", str(int(self.stop_timeout_s)),
+            "--host", self.host,
+            "--only-summary",
+            "--csv", str(self.csv_prefix),  # for people; totals come from the JSON file
+            "--json-file", str(self.out_dir / "locust_stats"),
+            # the exit code then says whether Locust itself worked; failures are in the data
+            "--exit-code-on-error", "0",
+            "--timeline", str(self.timeline_path),
+            "--user-rps", f"{self.user_rps:g}",
+            "--run-id", self.run_id or uuid.uuid4().hex[:8],
+        ]  # fmt: skip
+        if self.golden is not None:
+            argv += ["--golden", str(self.golden)]
+        return argv + list(self.extra_args)
+
+
+@dataclass
+class LocustTotals:
+    requests: int
+    failures: int
+    rps: float
+    by_name: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def read_totals(stats_json: Path) -> LocustTotals:
+    """Locust's final statistics from its `--json-file` output.
+
+    Not from the CSV: Locust (2.47) rewrites `<prefix>_stats.csv` on a one-second timer and not
+    at exit, so the CSV can miss the last second of requests; the JSON file is written at exit.
+    """
+    if not stats_json.is_file():
+        raise LoadError(f"Locust wrote no statistics: {stats_json} is missing")
+    entries = json.loads(stats_json.read_text(encoding="utf-8"))
+    by_name: dict[str, dict[str, float]] = {}
+    first_start, last_request = float("inf"), 0.0
+    for entry in entries:
+        requests, failures = int(entry["num_requests"]), int(entry["num_failures"])
+        first_start = min(first_start, float(entry["start_time"]))
+        last_request = max(last_request, float(entry["last_request_timestamp"] or 0.0))
+        by_name[f"{entry['method']} {entry['name']}".strip()] = {
+            "requests": requests,
+            "failures": failures,
+        }
+    requests = sum(int(row["requests"]) for row in by_name.values())
+    span = last_request - first_start if by_name else 0.0
+    return LocustTotals(
+        requests=requests,
+        failures=sum(int(row["failures"]) for row in by_name.values()),
+        rps=round(requests / span, 3) if span > 0 else 0.0,
+        by_name=by_name,
+    )
+
+
+@dataclass
+class LoadResult:
+    argv: list[str]
+    exit_code: int | None  # None: killed after the hard timeout
+    timed_out: bool
+    started_at: float  # epoch
+    ended_at: float
+    totals: LocustTotals | None
+    records: list[RequestRecord]
+    log_tail: str
+    out_dir: Path
+
+    @property
+    def requests(self) -> int:
+        return self.totals.requests if self.totals else len(self.records)
+
+    @property
+    def failures(self) -> int:
+        return self.totals.failures if self.totals else sum(1 for r in self.records if not r.ok)
+
+    @property
+    def rps(self) -> float:
+        return self.totals.rps if self.totals else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and self.exit_code == 0 and self.totals is not None
+
+    def check(self) -> LoadResult:
+        if not self.ok:
+            why = "timed out and was killed" if self.timed_out else f"exited {self.exit_code}"
+            raise LoadError(
+                f"Locust {why}; statistics {'found' if self.totals else 'missing'}, "
+                f"{len(self.records)} timeline records. Last log lines "
+                f"({self.out_dir / 'locust.log'}):\n{self.log_tail}"
+            )
+        return self
+
+
+class LoadRun:
+    """One Locust process. Use as a context manager so it is stopped whatever happens."""
+
+    def __init__(self, spec: LoadSpec, env: Mapping[str, str] | None = None) -> None:
+        spec.validate()
+        self.spec = spec
+        self._env = env
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_handle: IO[bytes] | None = None
+        self.started_at = 0.0
+        self._deadline = 0.0
+        self._timed_out = False
+
+    def start(self) -> LoadRun:
+        if self._process is not None:
+            raise LoadError("this load run was already started")
+        self.spec.out_dir.mkdir(parents=True, exist_ok=True)
+        self.spec.timeline_path.write_bytes(b"")
+        env = dict(os.environ if self._env is None else self._env)
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.spec.api_key:
+            env["RAG_API_KEY"] = self.spec.api_key
+        log = self.spec.log_path.open("wb")
+        self._log_handle = log
+        self.started_at = time.time()
+        self._deadline = time.monotonic() + self.spec.hard_timeout_s
+        self._process = subprocess.Popen(
+            self.spec.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=env,
+            start_new_session=True,  # its own process group: killed as one on timeout
+        )
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def records(self) -> list[RequestRecord]:
+        """The requests recorded so far (the file grows while Locust runs)."""
+        return read_timeline(self.spec.timeline_path)
+
+    def wait_for_requests(self, count: int = 1, timeout_s: float = 30.0) -> list[RequestRecord]:
+        """Block until the timeline holds `count` requests: the load is flowing."""
+        began = time.monotonic()
+        deadline = began + timeout_s
+        records: list[RequestRecord] = []
+        while time.monotonic() < deadline:
+            records = self.records()
+            if len(records) >= count:
+                return records
+            if not self.running():
+                break
+            time.sleep(POLL_INTERVAL_S)
+        raise LoadError(
+            f"waited {time.monotonic() - began:.1f} s (of {timeout_s:g}) for {count} requests "
+            f"in {self.spec.timeline_path}; saw {len(records)}, Locust "
+            f"{'running' if self.running() else 'exited'}. "
+            f"Last log lines:\n{self._log_tail()}"
+        )
+
+    def wait(self) -> LoadResult:
+        """Wait for Locust to finish (killing it at the hard timeout) and read its results."""
+        if self._process is None:
+            raise LoadError("wait() before start()")
+        remaining = max(0.0, self._deadline - time.monotonic())
+        try:
+            exit_code: int | None = self._process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            self._timed_out = True
+            self._kill_group()
+            exit_code = None
+        self._close_log()
+        totals: LocustTotals | None
+        try:
+            totals = read_totals(self.spec.stats_json_path)
+        except LoadError:
+            totals = None
+        return LoadResult(
+            argv=self.spec.argv(),
+            exit_code=exit_code,
+            timed_out=self._timed_out,
+            started_at=self.started_at,
+            ended_at=time.time(),
+            totals=totals,
+            records=self.records(),
+            log_tail=self._log_tail(),
+            out_dir=self.spec.out_dir,
+        )
+
+    def stop(self) -> None:
+        """Ask Locust to stop now (SIGTERM: it writes its statistics), kill it if it hangs.
+        Never raises."""
+        with contextlib.suppress(Exception):
+            if self.running():
+                assert self._process is not None
+                os.killpg(self._process.pid, signal.SIGTERM)
+                try:
+                    self._process.wait(timeout=TERMINATE_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    self._kill_group()
+        self._close_log()
+
+    def _kill_group(self) -> None:
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=TERMINATE_GRACE_S)
+
+    def _close_log(self) -> None:
+        handle, self._log_handle = self._log_handle, None
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.close()
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.spec.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> LoadRun:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_load(
+    host: str,
+    out_dir: Path,
+    *,
+    users: int = 10,
+    spawn_rate: float | None = None,
+    duration_s: int = 30,
+    user_rps: float = 5.0,
+    api_key: str = "",
+    golden: Path | None = None,
+    extra_args: Sequence[str] = (),
+    allow_non_loopback: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> LoadRun:
+    """Start Locust against `host` and return the running `LoadRun` (see the module docstring).
+
+    The target rate is about `users * user_rps` requests/s (e.g. 10 users x 5 = 50/s) as long
+    as the service answers faster than 1/user_rps seconds. `spawn_rate` defaults to all users
+    within one second.
+    """
+    spec = LoadSpec(
+        host=host,
+        out_dir=out_dir,
+        users=users,
+        spawn_rate=float(spawn_rate if spawn_rate is not None else users),
+        duration_s=duration_s,
+        user_rps=user_rps,
+        api_key=api_key,
+        golden=golden,
+        extra_args=tuple(extra_args),
+        allow_non_loopback=allow_non_loopback,
+    )
+    return LoadRun(spec, env=env).start()
