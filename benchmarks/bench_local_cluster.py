@@ -1,0 +1,203 @@
+"""Benchmark the local cluster: up -> ready, pod deletion -> replacement ready, proxy overhead.
+
+    .venv/bin/python benchmarks/bench_local_cluster.py            # stand-in workload
+    .venv/bin/python benchmarks/bench_local_cluster.py --real     # k8s/overlays/local
+
+The stand-in workload is tests/unit/standin_pod_server.py (a stdlib HTTP server standing in
+for the rag-api image); --real runs the actual service and chroma. Figures are medians of
+--rounds runs. Proxy overhead: C concurrent clients, each request a new TCP connection
+(HTTP/1.0, no keep-alive), for --seconds against the NodePort and then directly against the
+pods (clients spread over the pods), in the same run; ratio = proxied / direct requests/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from harness.providers.local import ImageMapping, LocalCluster  # noqa: E402
+
+STANDIN_DIR = REPO / "tests" / "unit"
+NODE_PORT = 31957
+POD_NETWORK = "127.0.57.0/24"
+
+
+def standin_objects(node_port: int) -> list[dict[str, object]]:
+    env = [
+        {"name": "STANDIN_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+    ]
+    container = {
+        "name": "rag-api",
+        "image": "local-standin:bench",
+        "command": ["python", "standin_pod_server.py"],
+        "ports": [{"containerPort": 8000, "name": "http"}],
+        "env": env,
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
+        "lifecycle": {"preStop": {"sleep": {"seconds": 0.2}}},
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "rag-api"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "rag-api"}},
+                "template": {
+                    "metadata": {"labels": {"app": "rag-api"}},
+                    "spec": {"terminationGracePeriodSeconds": 5, "containers": [container]},
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "rag-api"},
+            "spec": {
+                "type": "NodePort",
+                "selector": {"app": "rag-api"},
+                "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}],
+            },
+        },
+    ]
+
+
+def make_cluster(args: argparse.Namespace, workdir: Path) -> LocalCluster:
+    if args.real:
+        return LocalCluster(
+            workdir / "state",
+            overlay=REPO / "k8s" / "overlays" / "local",
+            node_ports={"rag-api": NODE_PORT},
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    manifest = workdir / "standin.yaml"
+    manifest.write_text(yaml.safe_dump_all(standin_objects(NODE_PORT)))
+    return LocalCluster(
+        workdir / "state",
+        overlay=manifest,
+        pod_network=POD_NETWORK,
+        image_mappings={"local-standin": ImageMapping(None, STANDIN_DIR)},
+    )
+
+
+def wait_replacement_ready(cluster: LocalCluster, original: set[str], timeout_s: float) -> float:
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while time.monotonic() < deadline:
+        pods = cluster.list_pods()
+        fresh = [p for p in pods if p.name not in original and p.ready]
+        if fresh:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise TimeoutError(f"no replacement ready within {timeout_s}s:\n{cluster.diagnostics()}")
+
+
+def throughput(urls: list[str], clients: int, seconds: float) -> float:
+    counts = [0] * clients
+    errors = [0] * clients
+    first_errors: list[str] = []
+    stop = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        url = urls[index % len(urls)] + "/healthz"
+        while time.monotonic() < stop:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+                    response.read()
+                counts[index] += 1
+            except (OSError, http.client.HTTPException) as exc:
+                errors[index] += 1
+                if len(first_errors) < 3:
+                    first_errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 10)
+    if sum(errors):
+        print(f"  ({sum(errors)} failed requests: {first_errors})", file=sys.stderr)
+    return sum(counts) / seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--real", action="store_true", help="use k8s/overlays/local (the real service)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="cluster ups (and deletions) measured"
+    )
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    up_s: list[float] = []
+    replacement_s: list[float] = []
+    ratios: list[float] = []
+    proxied_rps: list[float] = []
+    direct_rps: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
+        for round_index in range(args.rounds):
+            cluster = make_cluster(args, Path(tmp) / f"r{round_index}")
+            started = time.monotonic()
+            try:
+                info = cluster.up(replicas=2)
+                up_s.append(time.monotonic() - started)
+                original = {p.name for p in cluster.list_pods()}
+                cluster.delete_pod(sorted(original)[0])
+                replacement_s.append(wait_replacement_ready(cluster, original, 120))
+                cluster.wait_rollout("rag-api", timeout_s=60)
+                time.sleep(1.0)  # let the deleted pod finish terminating
+                pods = [p for p in cluster.list_pods() if p.ready and not p.deleting]
+                direct = [cluster.pod_url(p.name) for p in pods]
+                proxied = throughput([info.url], args.clients, args.seconds)
+                straight = throughput(direct, args.clients, args.seconds)
+                proxied_rps.append(proxied)
+                direct_rps.append(straight)
+                ratios.append(proxied / straight)
+                print(
+                    f"round {round_index}: up {up_s[-1]:.2f}s, replacement ready "
+                    f"{replacement_s[-1]:.2f}s, proxied {proxied:.0f} req/s, direct "
+                    f"{straight:.0f} req/s, ratio {ratios[-1]:.2f}",
+                    flush=True,
+                )
+            finally:
+                cluster.down()
+    figures = {
+        "workload": "real overlay" if args.real else "stand-in (tests/unit/standin_pod_server.py)",
+        "rounds": args.rounds,
+        "clients": args.clients,
+        "up_to_ready_s_median": statistics.median(up_s),
+        "replacement_ready_s_median": statistics.median(replacement_s),
+        "replacement_ready_s_max": max(replacement_s),
+        "proxied_rps_median": statistics.median(proxied_rps),
+        "direct_rps_median": statistics.median(direct_rps),
+        "proxy_throughput_ratio_median": statistics.median(ratios),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
