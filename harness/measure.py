@@ -23,7 +23,10 @@ Requests (the timeline Locust writes, one record per request):
   connection "answers" in a millisecond and would flatter the figures.
 - `correct_rate`: correct / judged, where judged means a question whose answer arrived with a
   valid schema and was checked (`correct` is not None).
-- `inflight_at_fault`: requests started before the fault and completed after it.
+- `inflight_at_fault`: requests started before the fault and completed after it. The fault
+  lands somewhere between `fault_at` (just before the harness asked for it) and
+  `fault_acknowledged_at` (when the provider said it was done); a request that started in that
+  interval and ended after `fault_at` was in flight when the fault landed, so it counts too.
 
 Pods (events from the provider's watch plus the pods listed just before the fault):
 - a *replacement* is a pod whose uid was not among the pods before the fault; for a crash the
@@ -148,10 +151,14 @@ class RequestMetrics:
 
 
 def request_metrics(
-    records: Sequence[RequestRecord], fault_at: float, recovered_at: float | None
+    records: Sequence[RequestRecord],
+    fault_at: float,
+    recovered_at: float | None,
+    fault_acknowledged_at: float | None = None,
 ) -> RequestMetrics:
     """Request-level figures for a fault at `fault_at` (see the module docstring)."""
     records = sorted(records, key=lambda record: record.start)
+    landed_by = fault_acknowledged_at if fault_acknowledged_at is not None else fault_at
     window_end = recovered_at
     if window_end is None:
         window_end = max((record.end for record in records), default=fault_at)
@@ -174,7 +181,9 @@ def request_metrics(
         requests_during=len(during),
         failures_during=failures_during,
         error_rate_during=_round(failures_during / len(during)) if during else None,
-        inflight_at_fault=sum(1 for r in records if r.start < fault_at < r.end),
+        inflight_at_fault=sum(
+            1 for r in records if r.start < max(fault_at, landed_by) and r.end > fault_at
+        ),
         correct_rate=_round(sum(1 for r in judged if r.correct) / len(judged)) if judged else None,
         judged=len(judged),
         latency={

@@ -61,6 +61,9 @@ DEFAULT_SLOS: dict[str, Slo] = {
     "scale-zero": Slo(max_total_s=20.0),
     # rolling restart: new pods ready before old ones go, no failed request
     "rolling-restart": Slo(max_failed_requests=0, max_total_s=60.0),
+    # every pod frozen (SIGSTOP) for a set time: no pod is replaced, nothing fails; the
+    # experiment exists to check the outage measurement against a known outage
+    "pod-freeze": Slo(max_failed_requests=0, require_fault_verified=False, require_recovery=False),
 }
 EXPERIMENTS: tuple[str, ...] = tuple(DEFAULT_SLOS)
 
