@@ -130,14 +130,16 @@ def _rolling_restart(ctx: FaultContext) -> FaultInfo:
 
 
 def _pod_freeze(ctx: FaultContext) -> FaultInfo:
-    freeze = getattr(ctx.provider, "freeze_pod", None)
-    if freeze is None:
+    freeze_pods = getattr(ctx.provider, "freeze_pods", None)
+    if freeze_pods is None:
         raise ClusterError(f"{type(ctx.provider).__name__} cannot freeze pods (local only)")
     names = [pod.name for pod in ctx.pods_before if not pod.deleting]
     at = time.time()
-    for name in names:
-        freeze(name, ctx.freeze_s)
+    # one step for every pod: the outage starts when the last pod stops, so stop them together
+    done = freeze_pods(names, ctx.freeze_s)
+    ctx.notes["fault_acknowledged_at"] = time.time()
     ctx.notes["injected_outage_s"] = ctx.freeze_s
+    ctx.notes["frozen_at"] = done.get("stopped_at")
     return FaultInfo("freeze", ",".join(names), at)
 
 

@@ -523,9 +523,17 @@ class LocalCluster(ClusterProvider):
             raise ClusterError(f"unknown signal {signal_name!r}")
         self._request("kill_container", name=pod, signal=signal_name)
 
-    def freeze_pod(self, pod: str, seconds: float) -> None:
+    def freeze_pod(self, pod: str, seconds: float) -> dict[str, Any]:
         """SIGSTOP the pod's processes; the supervisor sends SIGCONT after `seconds`."""
-        self._request("freeze", name=pod, seconds=float(seconds))
+        return self.freeze_pods([pod], seconds)
+
+    def freeze_pods(self, pods: list[str], seconds: float) -> dict[str, Any]:
+        """SIGSTOP several pods in one step (one known outage); SIGCONT after `seconds`.
+        Returns ``stopped_at`` (epoch) and the pods frozen."""
+        if not 0 < seconds <= 300:
+            raise ClusterError(f"freeze seconds must be in (0, 300], got {seconds}")
+        result: dict[str, Any] = self._request("freeze", names=list(pods), seconds=float(seconds))
+        return result
 
     def scale(self, deployment: str, replicas: int) -> None:
         self._request("scale", name=deployment, replicas=int(replicas))

@@ -614,4 +614,3 @@ def _check_env_entry(entry: dict[str, Any], where: str, spec: ClusterSpec) -> No
             )
     else:
         raise ManifestError(f"{where}: env {name} valueFrom {sorted(source)} is not supported")
-

@@ -887,14 +887,32 @@ class Supervisor:
         kill_group(pod.proc.pid, number)
         return {"pid": pod.proc.pid}
 
-    def freeze_pod(self, name: str, seconds: float) -> dict[str, Any]:
-        pod = self._pod(name)
-        if pod.proc is None:
-            raise KeyError(f"pod {name}: container is not running ({pod.container_state})")
-        kill_group(pod.proc.pid, signal.SIGSTOP)
-        pod.frozen_until_mono = time.monotonic() + float(seconds)
-        self._diag(name, "Frozen", f"SIGSTOP to process group {pod.proc.pid} for {seconds}s")
-        return {"pid": pod.proc.pid}
+    def freeze_pods(self, names: list[str], seconds: float) -> dict[str, Any]:
+        """SIGSTOP every named pod at once; SIGCONT exactly `seconds` later (a timer, not the
+        reconcile tick, so a known outage is known to the millisecond)."""
+        pods = [self._pod(name) for name in names]
+        for pod in pods:
+            if pod.proc is None:
+                raise KeyError(f"pod {pod.name}: container is not running ({pod.container_state})")
+        thaw_at = time.monotonic() + float(seconds)
+        stopped_at = time.time()
+        for pod in pods:
+            assert pod.proc is not None
+            kill_group(pod.proc.pid, signal.SIGSTOP)
+            pod.frozen_until_mono = thaw_at
+        asyncio.get_running_loop().call_later(float(seconds), self._thaw, pods)
+        for pod in pods:
+            self._diag(pod.name, "Frozen", f"SIGSTOP to process group for {seconds}s")
+        return {"stopped_at": stopped_at, "seconds": float(seconds), "pods": [p.name for p in pods]}
+
+    def _thaw(self, pods: list[Pod]) -> None:
+        for pod in pods:
+            if pod.frozen_until_mono is None:
+                continue  # already thawed (or the pod went away)
+            pod.frozen_until_mono = None
+            if pod.proc is not None:
+                kill_group(pod.proc.pid, signal.SIGCONT)
+            self._diag(pod.name, "Thawed", "SIGCONT to the process group")
 
     def scale(self, name: str, replicas: int) -> dict[str, Any]:
         if replicas < 0:
@@ -1091,7 +1109,8 @@ class Supervisor:
         if op == "kill_container":
             return self.kill_container(request["name"], request.get("signal", "SIGKILL"))
         if op == "freeze":
-            return self.freeze_pod(request["name"], request["seconds"])
+            names = request.get("names") or [request["name"]]
+            return self.freeze_pods(list(names), request["seconds"])
         if op == "scale":
             return self.scale(request["name"], int(request["replicas"]))
         if op == "rollout_restart":
