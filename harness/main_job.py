@@ -103,7 +103,7 @@ def run_main_job(
                 progress(f"e2e: {label}: {'ok' if result.ok else 'FAILED'} ({result.duration_s}s)")
         for name in names:
             progress(f"chaos: {name} ({users} users, {duration_s:.0f}s) ...")
-            result = run_experiment(
+            experiment = run_experiment(
                 handle,
                 name,
                 users=users,
@@ -111,8 +111,8 @@ def run_main_job(
                 out_dir=out_dir,
                 progress=progress,
             )
-            reports.append(result.report)
-            verdict = "passed" if result.report["slo"]["passed"] else "SLO BREACHED"
+            reports.append(experiment.report)
+            verdict = "passed" if experiment.report["slo"]["passed"] else "SLO BREACHED"
             progress(f"chaos: {name}: {verdict}")
         passed = all(r.ok for r in check_results) and all(r["slo"]["passed"] for r in reports)
     finally:

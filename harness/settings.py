@@ -19,20 +19,26 @@ CLUSTER_CHOICES = ("auto", "local", "minikube", "kind", "k3d", "existing")
 class HarnessSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HARNESS_", extra="ignore")
 
-    cluster: str = Field("auto", description="provider: auto|local|minikube|kind|k3d|existing")
-    replicas: int = Field(2, ge=1, le=10, description="rag-api replicas to deploy")
-    state_dir: Path = Field(REPO_ROOT / ".state", description="state and pod logs")
-    reports_dir: Path = Field(REPO_ROOT / "reports", description="where reports are written")
-    k8s_dir: Path = Field(REPO_ROOT / "k8s", description="kustomize base and overlays")
-    overlay: str = Field("", description="overlay name; empty = the provider's own")
-    context: str = Field("", description="kubeconfig context for --cluster existing")
-    rollout_timeout_s: float = Field(180.0, gt=0, le=3600)
-    up_timeout_s: float = Field(600.0, gt=0, le=7200)
-    request_timeout_s: float = Field(10.0, gt=0, le=300)
-    load_users: int = Field(10, ge=1, le=200)
-    load_rate_per_s: float = Field(50.0, gt=0, le=2000, description="target requests/s")
-    experiment_duration_s: float = Field(25.0, gt=0, le=600)
-    fault_at_s: float = Field(6.0, ge=1, le=300, description="fault this long after load starts")
+    cluster: str = Field(
+        default="auto", description="provider: auto|local|minikube|kind|k3d|existing"
+    )
+    replicas: int = Field(default=2, ge=1, le=10, description="rag-api replicas to deploy")
+    state_dir: Path = Field(default=REPO_ROOT / ".state", description="state and pod logs")
+    reports_dir: Path = Field(
+        default=REPO_ROOT / "reports", description="where reports are written"
+    )
+    k8s_dir: Path = Field(default=REPO_ROOT / "k8s", description="kustomize base and overlays")
+    overlay: str = Field(default="", description="overlay name; empty = the provider's own")
+    context: str = Field(default="", description="kubeconfig context for --cluster existing")
+    rollout_timeout_s: float = Field(default=180.0, gt=0, le=3600)
+    up_timeout_s: float = Field(default=600.0, gt=0, le=7200)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    load_users: int = Field(default=10, ge=1, le=200)
+    load_rate_per_s: float = Field(default=50.0, gt=0, le=2000, description="target requests/s")
+    experiment_duration_s: float = Field(default=25.0, gt=0, le=600)
+    fault_at_s: float = Field(
+        default=6.0, ge=1, le=300, description="fault this long after load starts"
+    )
 
     @field_validator("cluster")
     @classmethod
