@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="comma-separated experiment names, `default`, `all` or `none`",
     )
+    run.add_argument(
+        "--no-tutorial",
+        action="store_true",
+        help="skip the pod-delete comparison with the tutorial's configuration (local only)",
+    )
     run.add_argument("--users", type=_positive_int, default=settings.load_users)
     run.add_argument("--duration", type=_positive_float, default=settings.experiment_duration_s)
     common(run)
@@ -268,6 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         users=args.users,
         duration_s=args.duration,
         progress=_progress,
+        compare_tutorial=not args.no_tutorial,
     )
     _emit(args, outcome.data, outcome.text)
     return EXIT_OK if outcome.passed else EXIT_FAILED

@@ -20,13 +20,26 @@ from harness import faults
 from harness.load import start_load
 from harness.measure import pod_metrics, request_metrics
 from harness.providers.base import ClusterError, ClusterEvent, ClusterProvider, PodInfo
-from harness.report import FaultInfo, build_report, summary_text, write_report
+from harness.report import (
+    FaultInfo,
+    build_report,
+    comparison_markdown,
+    summary_text,
+    write_report,
+)
 from harness.settings import get_settings
 from harness.slo import slo_for
 from harness.waiting import wait_for
 
 Progress = Callable[[str], None]
-__all__ = ["DEFAULT_RUN", "EXPERIMENTS", "ExperimentResult", "run_experiment", "summary_text"]
+__all__ = [
+    "DEFAULT_RUN",
+    "EXPERIMENTS",
+    "ExperimentResult",
+    "run_experiment",
+    "run_tutorial_comparison",
+    "summary_text",
+]
 
 
 @dataclass
@@ -350,3 +363,58 @@ def _event_line(event: ClusterEvent) -> str:
         "endpoints": list(event.endpoints),
     }
     return json.dumps(payload) + "\n"
+
+
+def run_tutorial_comparison(
+    handle: clusters.ClusterHandle,
+    *,
+    users: int,
+    duration_s: float,
+    out_dir: Path,
+    progress: Progress,
+    replicas: int,
+    rate_per_s: float | None = None,
+) -> tuple[ExperimentResult, ExperimentResult, Path]:
+    """The tutorial's story told with numbers: pod-delete on the tutorial's configuration (one
+    replica, no probes, no preStop: ``k8s/overlays/tutorial``) and on ours, side by side.
+
+    Only on the local cluster: the tutorial overlay is built on the local one. The cluster is
+    put back to our overlay and ``replicas`` afterwards, even when the tutorial run fails.
+    """
+    provider = handle.provider
+    if handle.name != "local":
+        raise ClusterError("the tutorial comparison re-applies overlays on the local cluster only")
+    overlays = get_settings().k8s_dir / "overlays"
+    settings = get_settings()
+    progress("tutorial: applying k8s/overlays/tutorial (1 replica, no probes, no preStop)")
+    provider.apply(overlays / "tutorial")
+    try:
+        provider.wait_rollout("rag-api", timeout_s=settings.rollout_timeout_s)
+        wait_for(
+            lambda: len([p for p in provider.list_pods("rag-api") if not p.deleting]) == 1,
+            timeout_s=settings.rollout_timeout_s,
+            what="the tutorial's single rag-api replica alone",
+            describe=lambda: provider.diagnostics("rag-api"),
+        )
+        # the tutorial has no SLO to meet: its figures are the point
+        informational = {"max_failed_requests": None, "max_total_s": None,
+                         "require_recovery": False}  # fmt: skip
+        tutorial = run_experiment(
+            handle, "pod-delete", users=users, duration_s=duration_s, out_dir=out_dir,
+            progress=progress, slo_overrides=informational, rate_per_s=rate_per_s,
+            label="pod-delete-tutorial",
+        )  # fmt: skip
+    finally:
+        progress("tutorial: restoring k8s/overlays/local")
+        provider.apply(overlays / "local")
+        provider.scale("rag-api", replicas)
+        provider.wait_rollout("rag-api", timeout_s=settings.rollout_timeout_s)
+    ours = run_experiment(
+        handle, "pod-delete", users=users, duration_s=duration_s, out_dir=out_dir,
+        progress=progress, rate_per_s=rate_per_s, label="pod-delete-ours",
+    )  # fmt: skip
+    path = out_dir / "comparison-pod-delete.md"
+    path.write_text(
+        comparison_markdown(tutorial.report, ours.report, "tutorial", "ours"), encoding="utf-8"
+    )
+    return tutorial, ours, path

@@ -54,8 +54,9 @@ def run_main_job(
     users: int,
     duration_s: float,
     progress: Progress,
+    compare_tutorial: bool = True,
 ) -> MainJobOutcome:
-    from harness.experiments import run_experiment, summary_text
+    from harness.experiments import run_experiment, run_tutorial_comparison, summary_text
 
     names = _experiment_names(experiments)
     started = time.monotonic()
@@ -73,6 +74,7 @@ def run_main_job(
     progress(f"up: ready at {info.url} after {time.monotonic() - started:.1f}s")
     check_results: list[checks.CheckResult] = []
     reports: list[dict[str, Any]] = []
+    comparison = ""
     passed = False
     try:
         with httpx.Client(base_url=info.url, timeout=get_settings().request_timeout_s) as client:
@@ -114,6 +116,20 @@ def run_main_job(
             reports.append(experiment.report)
             verdict = "passed" if experiment.report["slo"]["passed"] else "SLO BREACHED"
             progress(f"chaos: {name}: {verdict}")
+        comparison = ""
+        if names and compare_tutorial and handle.name == "local":
+            progress("chaos: pod-delete on the tutorial's configuration and on ours ...")
+            tutorial, ours, path = run_tutorial_comparison(
+                handle,
+                users=users,
+                duration_s=duration_s,
+                out_dir=out_dir,
+                progress=progress,
+                replicas=replicas,
+            )
+            reports += [tutorial.report, ours.report]
+            comparison = str(path)
+            progress(f"chaos: comparison written to {path}")
         passed = all(r.ok for r in check_results) and all(r["slo"]["passed"] for r in reports)
     finally:
         if keep_cluster:
@@ -143,6 +159,7 @@ def run_main_job(
             for r in check_results
         ],
         "experiments": reports,
+        "comparison": comparison,
     }
     (out_dir / "run.json").write_text(json.dumps(data, indent=2, default=str))
     check_table = render_table(

@@ -15,10 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.report import comparison_markdown
+from harness.experiments import run_tutorial_comparison
 from harness.settings import REPO_ROOT
 from harness.waiting import wait_for
-from tests.chaos.conftest import RunChaos, describe
+from tests.chaos.conftest import (
+    CHAOS_DURATION_S,
+    CHAOS_RATE_PER_S,
+    CHAOS_USERS,
+    RunChaos,
+    describe,
+)
 
 OLLAMA_STANDIN = REPO_ROOT / "tests" / "standins" / "ollama_quoting_standin.py"
 LLM_HOST, LLM_PORT = "127.0.0.1", 11434  # where k8s/overlays/local points RAG_OLLAMA_HOST
@@ -138,31 +144,23 @@ def test_outage_measurement_matches_a_known_outage(run_chaos: RunChaos) -> None:
 
 @pytest.mark.chaos
 def test_tutorial_configuration_against_ours_side_by_side(
-    run_chaos: RunChaos, cluster: Any, chaos_reports_dir: Path, harness_options: Any
+    cluster: Any, chaos_reports_dir: Path, harness_options: Any
 ) -> None:
     """The tutorial's story: one replica, no probes, no preStop, against our manifests."""
-    provider = cluster.provider
-    overlays = REPO_ROOT / "k8s" / "overlays"
-    if not hasattr(provider, "apply") or cluster.name != "local":
+    if cluster.name != "local":
         pytest.skip("the side-by-side comparison re-applies overlays on the local cluster")
-    provider.apply(overlays / "tutorial")
-    try:
-        provider.wait_rollout("rag-api", timeout_s=180)
-        wait_for(lambda: provider.desired_replicas("rag-api") == 1 and
-                 len([p for p in provider.list_pods("rag-api") if not p.deleting]) == 1,
-                 timeout_s=120, what="the tutorial's single replica alone")  # fmt: skip
-        no_limits = {"max_failed_requests": None, "max_total_s": None, "require_recovery": False}
-        tutorial = run_chaos("pod-delete", slo_overrides=no_limits, label="pod-delete-tutorial")
-    finally:
-        provider.apply(overlays / "local")
-        provider.scale("rag-api", harness_options.replicas)
-        provider.wait_rollout("rag-api", timeout_s=180)
-    ours = run_chaos("pod-delete", label="pod-delete-ours")
-    comparison = comparison_markdown(tutorial.report, ours.report, "tutorial", "ours")
-    path = chaos_reports_dir / "comparison-pod-delete.md"
-    path.write_text(comparison, encoding="utf-8")
-    print(comparison)
+    tutorial, ours, path = run_tutorial_comparison(
+        cluster,
+        users=CHAOS_USERS,
+        duration_s=CHAOS_DURATION_S,
+        rate_per_s=CHAOS_RATE_PER_S,
+        out_dir=chaos_reports_dir,
+        progress=lambda line: print(line, flush=True),
+        replicas=harness_options.replicas,
+    )
+    print(path.read_text())
     assert tutorial.report["fault_verified"] and ours.report["fault_verified"]
+    assert ours.report["slo"]["passed"], describe(ours.report)
     assert ours.report["failures"] == 0, describe(ours.report)
     # one replica and no readiness gate: deleting the pod must hurt users, and it shows
     assert tutorial.report["failures"] > 0, f"tutorial config lost nothing? {tutorial.report}"
