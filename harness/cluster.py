@@ -46,14 +46,20 @@ def open_cluster(
     context: str = "",
     purpose: str = "cli",
     progress: Progress | None = None,
+    runtime: str = "",
 ) -> ClusterHandle:
-    """Resolve ``requested`` (``auto`` probes minikube, kind, k3d, existing, then local)."""
+    """Resolve ``requested`` (``auto`` probes minikube, kind, k3d, existing, then local).
+
+    ``runtime`` (process|docker|auto, default the HARNESS_RUNTIME setting) is how the local
+    cluster runs pods; other providers have their own and ignore it."""
     if progress and requested == "auto":
         progress("auto: probing minikube, kind, k3d, an existing context, then local")
     name, reason = select_provider(requested, context=context or None)
     options: dict[str, Any] = {}
     if context and name == "existing":
         options["context"] = context
+    if name == "local":
+        options["runtime"] = runtime or get_settings().runtime
     base = _base_dir(purpose)
     provider = create_provider(name, state_dir=_provider_state_dir(base, name), **options)
     return ClusterHandle(name, provider, reason, base, options)

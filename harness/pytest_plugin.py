@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.settings import CLUSTER_CHOICES, get_settings
+from harness.settings import CLUSTER_CHOICES, RUNTIME_CHOICES, get_settings
 
 MARKERS = (
     "e2e: end-to-end checks through the Service's NodePort (needs a cluster; see --cluster)",
@@ -35,6 +35,7 @@ class HarnessOptions:
     replicas: int
     context: str
     reports_dir: Path
+    runtime: str = "process"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,6 +65,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="kubeconfig context, with --cluster existing",
     )
     group.addoption(
+        "--runtime",
+        default=settings.runtime,
+        choices=RUNTIME_CHOICES,
+        help="local cluster: pods as processes or Docker containers (auto: docker when an "
+        "engine answers; default process; env HARNESS_RUNTIME)",
+    )
+    group.addoption(
         "--reports-dir",
         default=str(settings.reports_dir),
         help="where chaos reports are written (default: reports/)",
@@ -80,6 +88,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--context") and cluster not in ("existing", "auto"):
         raise pytest.UsageError(
             f"--context only applies to --cluster existing (got --cluster {cluster})"
+        )
+    runtime = config.getoption("--runtime")
+    if runtime == "docker" and cluster not in ("local", "auto"):
+        raise pytest.UsageError(
+            f"--runtime docker only applies to the local cluster (got --cluster {cluster})"
         )
 
 
@@ -99,6 +112,7 @@ def harness_options(pytestconfig: pytest.Config) -> HarnessOptions:
         replicas=pytestconfig.getoption("--replicas"),
         context=pytestconfig.getoption("--context"),
         reports_dir=Path(pytestconfig.getoption("--reports-dir")),
+        runtime=pytestconfig.getoption("--runtime"),
     )
 
 
@@ -111,6 +125,7 @@ def cluster(request: pytest.FixtureRequest, harness_options: HarnessOptions) -> 
         harness_options.cluster,
         context=harness_options.context,
         purpose="pytest",
+        runtime=harness_options.runtime,
     )
     ok, how_to = preflight(handle)
     if not ok:

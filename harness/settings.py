@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_CHOICES = ("auto", "local", "minikube", "kind", "k3d", "existing")
+RUNTIME_CHOICES = ("process", "docker", "auto")  # how the local cluster runs a pod's container
 
 
 class HarnessSettings(BaseSettings):
@@ -30,6 +31,7 @@ class HarnessSettings(BaseSettings):
     k8s_dir: Path = Field(default=REPO_ROOT / "k8s", description="kustomize base and overlays")
     overlay: str = Field(default="", description="overlay name; empty = the provider's own")
     context: str = Field(default="", description="kubeconfig context for --cluster existing")
+    runtime: str = Field(default="process", description="local cluster pods: process|docker|auto")
     rollout_timeout_s: float = Field(default=180.0, gt=0, le=3600)
     up_timeout_s: float = Field(default=600.0, gt=0, le=7200)
     request_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -46,6 +48,15 @@ class HarnessSettings(BaseSettings):
         if value not in CLUSTER_CHOICES:
             raise ValueError(
                 f"unknown cluster {value!r}; choose one of {', '.join(CLUSTER_CHOICES)}"
+            )
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in RUNTIME_CHOICES:
+            raise ValueError(
+                f"unknown runtime {value!r}; choose one of {', '.join(RUNTIME_CHOICES)}"
             )
         return value
 

@@ -55,6 +55,10 @@ DEFAULT_SLOS: dict[str, Slo] = {
     # connection pinned to the dead pod (the kernel closed it; the client learns on its next
     # send) - at most one per user on that pod: 10 users over 2 replicas, about 5. Back in 3 s.
     "pod-crash": Slo(max_failed_over_inflight=5, max_replacement_ready_s=3.0, max_total_s=10.0),
+    # a container's memory limit breached: the kernel OOM-kills it, the kubelet starts a new
+    # container; like a crash, only what the pod was serving may fail. A container start
+    # (docker run, imports) takes longer than a process start: back in 10 s.
+    "oom-kill": Slo(max_failed_over_inflight=5, max_replacement_ready_s=10.0, max_total_s=20.0),
     # the LLM dies: answers degrade to extractive ones, still correct, never a 5xx
     "llm-kill": Slo(max_server_errors=0, min_correct_rate=0.95),
     # the vector store dies: queries fail until it is back; recovery bounded

@@ -516,11 +516,14 @@ def test_a_statefulset_pod_keeps_its_name_and_its_volume(tmp_path: Path) -> None
     assert processes_of(test_cluster.state_dir) == []
 
 
-def test_the_docker_runtime_is_a_clear_not_yet(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path / "state", runtime="docker")
-    assert cluster.reachable()[0] is False
-    with pytest.raises(ClusterError, match="not implemented yet"):
-        cluster.up()
+def test_without_an_engine_docker_says_how_to_get_one_and_auto_picks_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker CLI: no engine answers
+    ok, how_to = LocalCluster(tmp_path / "state", runtime="docker").reachable()
+    assert ok is False and "scripts/prepare-docker.sh start" in how_to
+    auto = LocalCluster(tmp_path / "state", runtime="auto")
+    assert auto.runtime == "process" and "docker binary not found" in auto.runtime_reason
 
 
 REAL_OVERLAY = REPO / "k8s" / "overlays" / "local"

@@ -61,6 +61,9 @@ DAEMON_START_TIMEOUT_S = 15.0
 ROLLOUT_POLL_S = 0.1
 # the supervisor bounds its own shutdown by the longest grace period + 10 s
 DOWN_WAIT_S = 60.0
+RUNTIME_CHOICES = ("process", "docker", "auto")
+# `auto` asks the engine once; a dead socket must not stall `harness up`
+ENGINE_PROBE_TIMEOUT_S = 3.0
 
 
 class LocalCluster(ClusterProvider):
@@ -89,7 +92,13 @@ class LocalCluster(ClusterProvider):
         image_mappings: image repository -> ImageMapping, added to the built-in ones.
         """
         self.layout = StateLayout(Path(state_dir or default_state_dir()).resolve())
-        self.runtime = runtime
+        if runtime not in RUNTIME_CHOICES:
+            raise ClusterError(
+                f"unknown local runtime {runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)}"
+            )
+        self.requested_runtime = runtime
+        self._runtime: str | None = None if runtime == "auto" else runtime
+        self.runtime_reason = "" if runtime == "auto" else f"--runtime {runtime}"
         self.overlay = Path(overlay) if overlay else DEFAULT_OVERLAY
         self.pod_network = pod_network
         self.node_ports = dict(node_ports or {})
@@ -136,12 +145,28 @@ class LocalCluster(ClusterProvider):
             return False
         return True
 
-    def _check_runtime(self) -> None:
-        if self.runtime != "process":
-            raise ClusterError(
-                f"local cluster runtime {self.runtime!r} is not implemented yet (pods as "
-                "containers come in a later issue); use runtime='process'"
+    @property
+    def runtime(self) -> str:
+        """`process` or `docker`; `auto` is resolved here, once: docker when an engine answers."""
+        if self._runtime is None:
+            from harness.providers.images import docker_engine_answers
+
+            answers, detail = docker_engine_answers(ENGINE_PROBE_TIMEOUT_S)
+            self._runtime = "docker" if answers else "process"
+            self.runtime_reason = (
+                f"auto: Docker engine {detail} answers" if answers else f"auto: process ({detail})"
             )
+        return self._runtime
+
+    def _docker_runtime(self) -> Any:
+        from harness.providers.local.docker_runtime import DockerRuntime
+
+        return DockerRuntime(self.layout.root)
+
+    def _running_runtime(self) -> str:
+        """The runtime of the cluster behind this state dir (its config), else the chosen one."""
+        config = read_json(self.layout.config_file) or {}
+        return str(config.get("runtime") or self.runtime)
 
     # ------------------------------------------------------------ manifests
     def _objects(self, overlay: Path) -> list[dict[str, Any]]:
@@ -207,18 +232,34 @@ class LocalCluster(ClusterProvider):
 
     # ------------------------------------------------------------ lifecycle
     def reachable(self) -> tuple[bool, str]:
-        if self.runtime != "process":
-            return False, f"runtime {self.runtime!r} is not implemented yet; use runtime='process'"
         if not sys.platform.startswith("linux"):
             return False, "the local cluster needs Linux (loopback pod IPs, /proc, process groups)"
+        if self.runtime == "docker":
+            from harness.providers.images import docker_engine_answers
+
+            answers, detail = docker_engine_answers(ENGINE_PROBE_TIMEOUT_S)
+            if not answers:
+                return False, (
+                    f"the docker runtime needs a Docker engine: {detail}; start one with "
+                    "`scripts/prepare-docker.sh start`, or use --runtime process"
+                )
         return True, ""
 
     def up(self, replicas: int = 2) -> ClusterInfo:
-        self._check_runtime()
         objects = self._objects(self.overlay)
         # validate everything before any process starts: a refusal leaves nothing behind
         parse_objects(objects, self.image_mappings, self._generated_secrets(objects, create=False))
         reused = self._running()
+        if reused:
+            running = self._request("status").get("runtime", "process")
+            if running != self.runtime:
+                raise ClusterError(
+                    f"a local cluster with the {running} runtime already runs from "
+                    f"{self.layout.root}; `harness down` it first to use the {self.runtime} runtime"
+                )
+        image: dict[str, Any] = {}
+        if self.runtime == "docker":
+            image = self._ensure_image()
         if not reused:
             self._preflight_ports(objects)
             self._start_daemon()
@@ -249,8 +290,28 @@ class LocalCluster(ClusterProvider):
                 "pod_network": self.pod_network,
                 "reused_running_cluster": reused,
                 "ignored_objects": status["ignored"],
+                "runtime": self.runtime,
+                "runtime_reason": self.runtime_reason,
+                **({"image": image} if image else {}),
             },
         )
+
+    def _ensure_image(self) -> dict[str, Any]:
+        """The service image, built when missing or stale (cached between runs)."""
+        from harness.providers.local.docker_runtime import (
+            SERVICE_IMAGE,
+            DockerError,
+            ensure_service_image,
+        )
+
+        try:
+            return ensure_service_image(SERVICE_IMAGE, progress=self._progress)
+        except DockerError as exc:
+            raise ClusterError(f"the docker runtime needs image {SERVICE_IMAGE}: {exc}") from exc
+
+    @staticmethod
+    def _progress(message: str) -> None:
+        print(f"[local] {message}", file=sys.stderr, flush=True)
 
     @staticmethod
     def _secret_from_manifests(objects: list[dict[str, Any]]) -> str:
@@ -273,6 +334,7 @@ class LocalCluster(ClusterProvider):
             {
                 "pod_network": self.pod_network,
                 "namespace": self.namespace,
+                "runtime": self.runtime,
                 "image_mappings": {
                     repo: {
                         "image_workdir": m.image_workdir,
@@ -323,6 +385,7 @@ class LocalCluster(ClusterProvider):
         if pid and pid_alive(pid) and not self._running():
             kill_group(pid, signal.SIGKILL)
         kill_marked_processes(self.layout.root)
+        self._remove_containers()
         for stale in (self.layout.socket_path, self.layout.pidfile):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -366,11 +429,26 @@ class LocalCluster(ClusterProvider):
                 self._daemon.wait(timeout=5)
             self._daemon = None
         kill_marked_processes(self.layout.root)
+        self._remove_containers()
         for leftover in (self.layout.socket_path, self.layout.pidfile):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
         if not keep and self.layout.root.exists():
             shutil.rmtree(self.layout.root, ignore_errors=True)
+
+    def _remove_containers(self) -> None:
+        """Every container this cluster made (by label), removed and checked gone. A
+        supervisor that died (even SIGKILL) leaves its containers running: this ends them."""
+        if self._running_runtime() != "docker":
+            return
+        from harness.providers.local.docker_runtime import DockerError
+
+        try:
+            removed = self._docker_runtime().remove_leftovers()
+        except DockerError as exc:
+            raise ClusterError(f"local cluster {self.layout.root}: {exc}") from exc
+        if removed:
+            self._progress(f"removed leftover containers: {', '.join(removed)}")
 
     def _daemon_alive(self, pid: int) -> bool:
         if self._daemon is not None and self._daemon.pid == pid:
@@ -378,8 +456,8 @@ class LocalCluster(ClusterProvider):
         return pid_alive(pid)
 
     def load_image(self, image: str) -> None:
-        """Nothing to load: the process runtime runs the mapped host directory."""
-        self._check_runtime()
+        """Nothing to load: the process runtime runs the mapped host directory, the docker
+        runtime the engine's own images (built by `up`)."""
 
     def apply(self, overlay: Path) -> None:
         objects = self._objects(overlay)
@@ -522,6 +600,17 @@ class LocalCluster(ClusterProvider):
         if signal_name not in signal.Signals.__members__:
             raise ClusterError(f"unknown signal {signal_name!r}")
         self._request("kill_container", name=pod, signal=signal_name)
+
+    def breach_memory_limit(self, pod: str) -> dict[str, Any]:
+        """OOM-kill a pod's container by breaching its memory limit (docker runtime only):
+        the limit is lowered at run time to just above the usage and the cgroup filled."""
+        if self._running_runtime() != "docker":
+            raise ClusterError(
+                f"pod {pod}: a memory limit can only be breached with the docker runtime "
+                f"(this local cluster runs pods as processes); `harness up --runtime docker`"
+            )
+        result: dict[str, Any] = self._request("breach_memory_limit", name=pod, timeout_s=60.0)
+        return result
 
     def freeze_pod(self, pod: str, seconds: float) -> dict[str, Any]:
         """SIGSTOP the pod's processes; the supervisor sends SIGCONT after `seconds`."""

@@ -110,6 +110,8 @@ class PodTemplate:
     resources: dict[str, Any]
     working_dir: str
     template_hash: str
+    # the pod's securityContext overlaid by the container's (the docker runtime applies it)
+    security: dict[str, Any] = field(default_factory=dict)
 
     def probe(self, kind: str) -> ProbeSpec | None:
         return next((p for p in self.probes if p.kind == kind), None)
@@ -523,6 +525,7 @@ def parse_pod_template(
             f"WORKDIR {mapping.image_workdir!r} is mapped)"
         )
     grace = float(pod.get("terminationGracePeriodSeconds", 30))
+    security = {**(pod.get("securityContext") or {}), **(container.get("securityContext") or {})}
     return PodTemplate(
         labels={k: str(v) for k, v in (metadata.get("labels") or {}).items()},
         container_name=str(container.get("name", "")),
@@ -541,6 +544,7 @@ def parse_pod_template(
         resources=dict(container.get("resources") or {}),
         working_dir=working_dir,
         template_hash=template_hash(raw_template),
+        security=security,
     )
 
 

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -64,6 +63,13 @@ from harness.providers.local.manifests import (
     template_hash,
 )
 from harness.providers.local.proxy import ServiceProxy
+from harness.providers.local.runtime import (
+    ContainerHandle,
+    ContainerLaunch,
+    die_with_supervisor,
+    host_command,
+    make_runtime,
+)
 
 log = logging.getLogger("harness.local.supervisor")
 
@@ -75,14 +81,6 @@ PRESTOP_POLL_S = 0.02
 STOP_POLL_S = 0.02
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_supervisor() -> None:  # runs in the forked child before exec
-    # if the supervisor dies (even SIGKILL) its pods die too: no orphans
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def expand_vars(text: str, env: dict[str, str]) -> str:
@@ -135,7 +133,7 @@ class Pod:
     last_termination_reason: str = ""
     last_exit_code: int | None = None
     container_state: str = "Waiting"  # Waiting | Running | CrashLoopBackOff | Terminated
-    proc: subprocess.Popen[bytes] | None = None
+    container: ContainerHandle | None = None
     container_id: int = 0
     container_started_mono: float = 0.0
     container_started_at: float | None = None
@@ -150,6 +148,10 @@ class Pod:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     argv: list[str] = dataclasses.field(default_factory=list)
     cwd: str = ""
+    # as the container sees them (the docker runtime): no host paths, no host interpreter
+    container_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    container_argv: list[str] = dataclasses.field(default_factory=list)
+    mounts: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     pod_dir: Path = Path()
 
     @property
@@ -176,7 +178,8 @@ class Pod:
             "template_hash": self.template.template_hash,
             "container_state": self.container_state,
             "last_exit_code": self.last_exit_code,
-            "pid": self.proc.pid if self.proc else None,
+            "pid": self.container.pid if self.container else None,
+            "container": self.container.description if self.container else None,
             "deletion_started": self.deletion_started,
             "frozen": self.frozen_until_mono is not None,
         }
@@ -204,6 +207,7 @@ class Supervisor:
             )
             for repo, m in (config.get("image_mappings") or {}).items()
         }
+        self.runtime = make_runtime(str(config.get("runtime", "process")), layout.root, config)
         self.backoff_base_s = env_float(BACKOFF_BASE_ENV, 10.0)
         self.probe_period_cap_s = env_float(PROBE_PERIOD_CAP_ENV, 0.0)
         self.epoch = uuid.uuid4().hex
@@ -385,17 +389,14 @@ class Supervisor:
         now = time.monotonic()
         for pod in list(self.pods.values()):
             if pod.frozen_until_mono is not None and now >= pod.frozen_until_mono:
-                pod.frozen_until_mono = None
-                if pod.proc is not None:
-                    kill_group(pod.proc.pid, signal.SIGCONT)
-                self._diag(pod.name, "Thawed", "SIGCONT to the process group")
+                self._thaw([pod])
             if pod.deleting:
                 continue
-            if pod.proc is not None and pod.proc.poll() is not None:
+            if pod.container is not None and pod.container.exited():
                 self._container_exited(pod, now)
-            if pod.proc is None and now >= pod.next_start_mono and not self._stopping:
+            if pod.container is None and now >= pod.next_start_mono and not self._stopping:
                 self._start_container(pod, now)
-            if pod.proc is not None:
+            if pod.container is not None:
                 self._run_probes(pod, now)
         if not self._stopping:
             for workload in list(self.workloads.values()):
@@ -533,6 +534,7 @@ class Supervisor:
         else:
             path = pod.pod_dir / "volumes" / volume
         path.mkdir(parents=True, exist_ok=True)
+        self.runtime.prepare_volume(path, pod.template.security)
         return path
 
     def _prepare_container(self, pod: Pod) -> None:
@@ -544,12 +546,15 @@ class Supervisor:
             if mount.sub_path:
                 host = host / mount.sub_path
                 host.mkdir(parents=True, exist_ok=True)
+                self.runtime.prepare_volume(host, template.security)
             prefixes.append((mount.mount_path, str(host)))
+        pod.mounts = [(host, path) for path, host in prefixes]
         mapping = template.mapping
         if mapping.image_workdir and mapping.host_dir:
             prefixes.append((mapping.image_workdir.rstrip("/"), str(mapping.host_dir)))
         prefixes.sort(key=lambda item: len(item[0]), reverse=True)
         container_env: dict[str, str] = {}
+        unmapped_env: dict[str, str] = {}
         for source in template.env_from:
             if "configMapRef" in source:
                 data = self.spec.config_maps.get(source["configMapRef"]["name"], {})
@@ -557,9 +562,11 @@ class Supervisor:
                 data = self.spec.secrets.get(source["secretRef"]["name"], {})
             prefix = source.get("prefix", "")
             container_env.update({prefix + k: v for k, v in data.items()})
+        unmapped_env.update(container_env)
         for entry in template.env:
-            value = self._env_value(pod, entry, container_env)
+            value = self._env_value(pod, entry, unmapped_env)
             if value is not None:
+                unmapped_env[entry["name"]] = value
                 container_env[entry["name"]] = rewrite_paths(value, prefixes)
         venv_bin = str(Path(sys.executable).parent)
         env = {
@@ -581,7 +588,12 @@ class Supervisor:
             rewrite_paths(expand_vars(part, container_env), prefixes)
             for part in (*template.command, *template.args)
         ]
-        argv[0] = self._host_command(argv[0])
+        argv[0] = host_command(argv[0])
+        # Kubernetes sets HOSTNAME to the pod name; host networking would give the host's
+        pod.container_env = {**unmapped_env, "HOSTNAME": pod.name}
+        pod.container_argv = [
+            expand_vars(part, unmapped_env) for part in (*template.command, *template.args)
+        ]
         if mapping.host_dir is not None:
             cwd = mapping.host_dir
         else:
@@ -611,40 +623,32 @@ class Supervisor:
             }[path]
         return ""
 
-    @staticmethod
-    def _host_command(command: str) -> str:
-        """`python` is the harness's interpreter, `chroma` the CLI beside it."""
-        venv_bin = Path(sys.executable).parent
-        if command in ("python", "python3"):
-            return sys.executable
-        if "/" not in command:
-            beside = venv_bin / command
-            if beside.exists():
-                return str(beside)
-            found = shutil.which(command)
-            return found or command
-        return command
-
     def _start_container(self, pod: Pod, now: float) -> None:
         self.layout.logs_dir.mkdir(parents=True, exist_ok=True)
         restarting = pod.container_id > 0
+        launch = ContainerLaunch(
+            pod=pod.name,
+            pod_uid=pod.uid,
+            attempt=pod.container_id + 1,
+            image=pod.template.image,
+            argv=pod.container_argv,
+            env=pod.container_env,
+            mounts=pod.mounts,
+            resources=pod.template.resources,
+            security=pod.template.security,
+            working_dir=pod.template.working_dir,
+            log_path=self.layout.pod_log(pod.name),
+            pod_dir=pod.pod_dir,
+            host_argv=pod.argv,
+            host_env=pod.env,
+            host_cwd=pod.cwd,
+        )
         try:
-            with open(self.layout.pod_log(pod.name), "ab") as log_file:
-                pod.proc = subprocess.Popen(
-                    pod.argv,
-                    cwd=pod.cwd,
-                    env=pod.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                    preexec_fn=_die_with_supervisor,
-                )
-        except OSError as exc:
-            pod.proc = None
+            pod.container = self.runtime.start(launch)
+        except (OSError, RuntimeError, ValueError) as exc:
+            pod.container = None
             pod.last_termination_reason, pod.last_exit_code = "StartError", 128
-            self._diag(pod.name, "Failed", f"cannot start {pod.argv[0]}: {exc}")
+            self._diag(pod.name, "Failed", f"cannot start {launch.argv[0]}: {exc}")
             self._schedule_restart(pod, now)
             return
         if restarting:
@@ -659,17 +663,27 @@ class Supervisor:
         for probe in pod.template.probes:
             pod.probes[probe.kind] = ProbeState(next_at=now + probe.initial_delay_s)
         pod.killing = False
-        self._diag(pod.name, "Started", f"pid {pod.proc.pid}: {' '.join(pod.argv)}")
+        argv = launch.host_argv if self.runtime.name == "process" else launch.argv
+        self._diag(
+            pod.name,
+            "Started",
+            f"{pod.container.description} ({self.runtime.name}): {' '.join(argv)}",
+        )
         self._pod_event(pod, "MODIFIED")
 
+    def _release(self, container: ContainerHandle) -> None:
+        """The ended container's leftovers go, in a thread: a docker call must not hold the
+        loop (probes, proxies) for its ~0.1 s."""
+        self._spawn(asyncio.to_thread(container.release))
+
     def _container_exited(self, pod: Pod, now: float) -> None:
-        assert pod.proc is not None
-        code = pod.proc.returncode
-        exit_code = 128 - code if code < 0 else code
+        container = pod.container
+        assert container is not None and container.exit_code is not None
+        exit_code = container.exit_code
         pod.last_exit_code = exit_code
-        pod.last_termination_reason = "Completed" if exit_code == 0 else "Error"
-        kill_group(pod.proc.pid, signal.SIGKILL)  # the container's other processes go with it
-        pod.proc = None
+        pod.last_termination_reason = container.reason
+        self._release(container)
+        pod.container = None
         self._set_ready(pod, False)
         self._diag(pod.name, "Exited", f"exit code {exit_code} ({pod.last_termination_reason})")
         if now - pod.container_started_mono >= BACKOFF_RESET_AFTER_S:
@@ -727,7 +741,7 @@ class Supervisor:
             state.in_flight = False
         if self.pods.get(pod.name) is not pod or pod.container_id != container_id or pod.deleting:
             return
-        if pod.proc is None or pod.killing:
+        if pod.container is None or pod.killing:
             return
         if ok:
             state.successes += 1
@@ -786,62 +800,69 @@ class Supervisor:
 
     async def _stop_container(self, pod: Pod, grace: float, run_pre_stop: bool) -> None:
         """preStop (bounded by the grace period), SIGTERM, the rest of the grace, SIGKILL."""
-        proc = pod.proc
-        if proc is None or proc.poll() is not None:
-            if proc is not None:
-                kill_group(proc.pid, signal.SIGKILL)
+        container = pod.container
+        if container is None or container.exited():
+            if container is not None and pod.deleting:
+                await asyncio.to_thread(container.release)
             return
         started = time.monotonic()
         if grace <= 0:
             self._diag(pod.name, "SIGKILL", "grace period 0")
-            kill_group(proc.pid, signal.SIGKILL)
+            await self._signal(pod, container, signal.SIGKILL)
         else:
             if run_pre_stop and pod.template.pre_stop:
-                await self._run_pre_stop(pod, grace)
+                await self._run_pre_stop(pod, container, grace)
             remaining = grace - (time.monotonic() - started)
             if remaining <= 0:
                 remaining = 2.0  # the kubelet's one-time extension when preStop used it all
-            self._diag(pod.name, "SIGTERM", f"to process group {proc.pid}; {remaining:.1f}s left")
-            kill_group(proc.pid, signal.SIGTERM)
+            self._diag(pod.name, "SIGTERM", f"to {container.description}; {remaining:.1f}s left")
+            await self._signal(pod, container, signal.SIGTERM)
             deadline = time.monotonic() + remaining
-            while proc.poll() is None and time.monotonic() < deadline:
+            while not container.exited() and time.monotonic() < deadline:
                 await asyncio.sleep(STOP_POLL_S)
-            if proc.poll() is None:
+            if not container.exited():
                 self._diag(pod.name, "SIGKILL", "grace period over")
-                kill_group(proc.pid, signal.SIGKILL)
+                await self._signal(pod, container, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
-        while proc.poll() is None and time.monotonic() < deadline:
+        while not container.exited() and time.monotonic() < deadline:
             await asyncio.sleep(STOP_POLL_S)
-        kill_group(proc.pid, signal.SIGKILL)  # children left in the group
-        if pod.deleting:
-            code = proc.returncode if proc.returncode is not None else -9
-            pod.last_exit_code = 128 - code if code < 0 else code
-            pod.last_termination_reason = "Completed" if pod.last_exit_code == 0 else "Error"
-            self._diag(
-                pod.name,
-                "Stopped",
-                f"exit code {pod.last_exit_code} after {time.monotonic() - started:.2f}s",
-            )
+        if not pod.deleting:
+            return  # a liveness kill: the reconcile loop sees the exit and restarts
+        await asyncio.to_thread(container.release)  # children left in the group, the container
+        pod.last_exit_code = container.exit_code if container.exit_code is not None else 137
+        pod.last_termination_reason = container.reason or "Error"
+        self._diag(
+            pod.name,
+            "Stopped",
+            f"exit code {pod.last_exit_code} ({pod.last_termination_reason}) after "
+            f"{time.monotonic() - started:.2f}s",
+        )
 
-    async def _run_pre_stop(self, pod: Pod, grace: float) -> None:
+    async def _signal(self, pod: Pod, container: ContainerHandle, sig: signal.Signals) -> None:
+        try:
+            await asyncio.to_thread(container.signal, sig)
+        except RuntimeError as exc:  # docker refused: say so, the stop goes on to SIGKILL
+            self._diag(pod.name, "FailedKill", f"{sig.name}: {exc}")
+
+    async def _run_pre_stop(self, pod: Pod, container: ContainerHandle, grace: float) -> None:
         hook = pod.template.pre_stop or {}
         started = time.monotonic()
         if "sleep" in hook:
             self._diag(pod.name, "PreStop", f"sleep {hook['sleep']}s")
             await asyncio.sleep(min(float(hook["sleep"]), grace))
         else:
-            argv = [self._host_command(hook["exec"][0]), *hook["exec"][1:]]
+            argv, env, cwd = container.exec_command(hook["exec"])
             self._diag(pod.name, "PreStop", f"exec {' '.join(argv)}")
             try:
                 hook_proc = subprocess.Popen(
                     argv,
-                    cwd=pod.cwd,
-                    env=pod.env,
+                    cwd=cwd,
+                    env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     start_new_session=True,
-                    preexec_fn=_die_with_supervisor,
+                    preexec_fn=die_with_supervisor,
                 )
             except OSError as exc:
                 self._diag(pod.name, "FailedPreStopHook", str(exc))
@@ -853,6 +874,8 @@ class Supervisor:
                 kill_group(hook_proc.pid, signal.SIGKILL)
                 hook_proc.wait(timeout=5)
                 self._diag(pod.name, "FailedPreStopHook", "did not finish within the grace period")
+            elif hook_proc.returncode != 0:
+                self._diag(pod.name, "FailedPreStopHook", f"exit code {hook_proc.returncode}")
         self._diag(pod.name, "PreStopDone", f"after {time.monotonic() - started:.2f}s")
 
     # ---------------------------------------------------------------- actions
@@ -878,31 +901,41 @@ class Supervisor:
         started = self._start_deletion(pod, grace_s, "delete requested")
         return {"uid": pod.uid, "already_terminating": not started}
 
-    def kill_container(self, name: str, signal_name: str) -> dict[str, Any]:
-        pod = self._pod(name)
-        if pod.proc is None or pod.proc.poll() is not None:
-            raise KeyError(f"pod {name}: container is not running ({pod.container_state})")
-        number = signal.Signals[signal_name].value
-        self._diag(name, "Kill", f"{signal_name} to process group {pod.proc.pid}")
-        kill_group(pod.proc.pid, number)
-        return {"pid": pod.proc.pid}
+    def _running_container(self, pod: Pod) -> ContainerHandle:
+        if pod.container is None or pod.container.exited():
+            raise KeyError(f"pod {pod.name}: container is not running ({pod.container_state})")
+        return pod.container
 
-    def freeze_pods(self, names: list[str], seconds: float) -> dict[str, Any]:
-        """SIGSTOP every named pod at once; SIGCONT exactly `seconds` later (a timer, not the
-        reconcile tick, so a known outage is known to the millisecond)."""
+    async def kill_container(self, name: str, signal_name: str) -> dict[str, Any]:
+        pod = self._pod(name)
+        container = self._running_container(pod)
+        sig = signal.Signals[signal_name]
+        self._diag(name, "Kill", f"{signal_name} to {container.description}")
+        await asyncio.to_thread(container.signal, sig)
+        return {"pid": container.pid, "container": container.description}
+
+    async def breach_memory_limit(self, name: str) -> dict[str, Any]:
+        pod = self._pod(name)
+        container = self._running_container(pod)
+        self._diag(name, "MemoryLimitLowered", f"{container.description}: limit set near usage")
+        result = await asyncio.to_thread(self.runtime.breach_memory_limit, container, name)
+        self._diag(name, "MemoryPushed", json.dumps(result))
+        return result
+
+    async def freeze_pods(self, names: list[str], seconds: float) -> dict[str, Any]:
+        """Stop every named pod at once (SIGSTOP, or the cgroup freezer for containers); thaw
+        exactly `seconds` after they stopped (a timer, not the reconcile tick, so a known
+        outage is known to the millisecond)."""
         pods = [self._pod(name) for name in names]
-        for pod in pods:
-            if pod.proc is None:
-                raise KeyError(f"pod {pod.name}: container is not running ({pod.container_state})")
-        thaw_at = time.monotonic() + float(seconds)
+        containers = [self._running_container(pod) for pod in pods]
+        await asyncio.to_thread(self.runtime.freeze_all, containers)
         stopped_at = time.time()
+        thaw_at = time.monotonic() + float(seconds)
         for pod in pods:
-            assert pod.proc is not None
-            kill_group(pod.proc.pid, signal.SIGSTOP)
             pod.frozen_until_mono = thaw_at
         asyncio.get_running_loop().call_later(float(seconds), self._thaw, pods)
         for pod in pods:
-            self._diag(pod.name, "Frozen", f"SIGSTOP to process group for {seconds}s")
+            self._diag(pod.name, "Frozen", f"{self.runtime.name} freeze for {seconds}s")
         return {"stopped_at": stopped_at, "seconds": float(seconds), "pods": [p.name for p in pods]}
 
     def _thaw(self, pods: list[Pod]) -> None:
@@ -910,9 +943,9 @@ class Supervisor:
             if pod.frozen_until_mono is None:
                 continue  # already thawed (or the pod went away)
             pod.frozen_until_mono = None
-            if pod.proc is not None:
-                kill_group(pod.proc.pid, signal.SIGCONT)
-            self._diag(pod.name, "Thawed", "SIGCONT to the process group")
+            if pod.container is not None:
+                self._spawn(asyncio.to_thread(pod.container.thaw))
+            self._diag(pod.name, "Thawed", f"{self.runtime.name} thaw")
 
     def scale(self, name: str, replicas: int) -> dict[str, Any]:
         if replicas < 0:
@@ -1043,6 +1076,12 @@ class Supervisor:
         )
         while self.pods and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        try:
+            leftovers = await asyncio.to_thread(self.runtime.remove_leftovers)
+            if leftovers:
+                self._diag("cluster", "RemovedLeftovers", ", ".join(leftovers))
+        except RuntimeError as exc:
+            self._diag("cluster", "FailedCleanup", str(exc))
         for proxies in self.proxies.values():
             for proxy in proxies:
                 await proxy.close()
@@ -1107,10 +1146,12 @@ class Supervisor:
         if op == "delete_pod":
             return self.delete_pod(request["name"], request.get("grace_s"))
         if op == "kill_container":
-            return self.kill_container(request["name"], request.get("signal", "SIGKILL"))
+            return await self.kill_container(request["name"], request.get("signal", "SIGKILL"))
+        if op == "breach_memory_limit":
+            return await self.breach_memory_limit(request["name"])
         if op == "freeze":
             names = request.get("names") or [request["name"]]
-            return self.freeze_pods(list(names), request["seconds"])
+            return await self.freeze_pods(list(names), request["seconds"])
         if op == "scale":
             return self.scale(request["name"], int(request["replicas"]))
         if op == "rollout_restart":
@@ -1173,6 +1214,7 @@ class Supervisor:
             "services": self.services_info(),
             "pods": self.pods_info(None),
             "ignored": self.spec.ignored,
+            "runtime": self.runtime.name,
             "backoff_base_s": self.backoff_base_s,
             "probe_period_cap_s": self.probe_period_cap_s or None,
         }
