@@ -10,6 +10,12 @@ its CSV statistics and the request timeline (see loadtest/locustfile.py), and re
     result = run.wait()            # LoadResult: exit code, CSV totals, every request
     result.check()                 # raises LoadError with Locust's last log lines if it failed
 
+With `workers=N` (N > 0) Locust runs distributed on this machine: one master (`--master
+--expect-workers N`, bound to 127.0.0.1 on a free port) and N worker processes that run the
+users, all in one process group. Every worker appends to the same timeline file (one
+O_APPEND write per line, see loadtest/locustfile.py), so the timeline and the report look the
+same as with one process; the master writes the statistics.
+
 Traffic goes only to loopback (127.0.0.0/8, ::1, localhost). A provider that knows an address
 is its own cluster's NodePort (minikube's VM IP, a kind node) passes `allow_non_loopback=True`;
 nothing else should.
@@ -22,6 +28,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from harness.measure import RequestRecord, read_timeline
@@ -38,6 +45,7 @@ from harness.measure import RequestRecord, read_timeline
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
 MAX_USERS = 200
+MAX_WORKERS = 16
 MAX_RUN_TIME_S = 600
 # Locust needs a second or two to import and spawn; after --run-time it lets users finish their
 # task for up to --stop-timeout; past all that plus this margin the process is killed.
@@ -93,6 +101,7 @@ class LoadSpec:
     stop_timeout_s: int = DEFAULT_STOP_TIMEOUT_S
     extra_args: tuple[str, ...] = ()
     allow_non_loopback: bool = False
+    workers: int = 0  # > 0: distributed, one master and this many worker processes
 
     @property
     def timeline_path(self) -> Path:
@@ -110,6 +119,13 @@ class LoadSpec:
     def log_path(self) -> Path:
         return self.out_dir / "locust.log"
 
+    def __post_init__(self) -> None:
+        if not self.run_id:  # one id for the master and every worker
+            object.__setattr__(self, "run_id", uuid.uuid4().hex[:8])
+
+    def worker_log_path(self, index: int) -> Path:
+        return self.out_dir / f"locust-worker-{index}.log"
+
     @property
     def hard_timeout_s(self) -> float:
         return self.duration_s + self.stop_timeout_s + STARTUP_MARGIN_S
@@ -124,8 +140,29 @@ class LoadSpec:
             raise LoadError("spawn_rate must be > 0 and user_rps >= 0")
         if not self.locustfile.is_file():
             raise LoadError(f"locustfile {self.locustfile} not found")
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise LoadError(f"workers must be 0..{MAX_WORKERS}, got {self.workers}")
 
-    def argv(self) -> list[str]:
+    def _locustfile_args(self) -> list[str]:
+        """The locustfile's own options: a worker needs them too (its users read them)."""
+        argv = [
+            "--timeline", str(self.timeline_path),
+            "--user-rps", f"{self.user_rps:g}",
+            "--run-id", self.run_id,
+        ]  # fmt: skip
+        if self.golden is not None:
+            argv += ["--golden", str(self.golden)]
+        return argv
+
+    def worker_argv(self, master_port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "locust",
+            "-f", str(self.locustfile),
+            "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
+            *self._locustfile_args(),
+        ]  # fmt: skip
+
+    def argv(self, master_port: int | None = None) -> list[str]:
         argv = [
             sys.executable, "-m", "locust",
             "-f", str(self.locustfile),
@@ -140,12 +177,15 @@ class LoadSpec:
             "--json-file", str(self.out_dir / "locust_stats"),
             # the exit code then says whether Locust itself worked; failures are in the data
             "--exit-code-on-error", "0",
-            "--timeline", str(self.timeline_path),
-            "--user-rps", f"{self.user_rps:g}",
-            "--run-id", self.run_id or uuid.uuid4().hex[:8],
+            *self._locustfile_args(),
         ]  # fmt: skip
-        if self.golden is not None:
-            argv += ["--golden", str(self.golden)]
+        if self.workers:
+            if master_port is None:
+                raise LoadError("a distributed run needs the master's port")
+            argv += [
+                "--master", "--expect-workers", str(self.workers),
+                "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port),
+            ]  # fmt: skip
         return argv + list(self.extra_args)
 
 
@@ -233,7 +273,9 @@ class LoadRun:
         self.spec = spec
         self._env = env
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_handle: IO[bytes] | None = None
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self._log_handles: list[IO[bytes]] = []
+        self.master_port: int | None = None
         self.started_at = 0.0
         self._deadline = 0.0
         self._timed_out = False
@@ -248,18 +290,45 @@ class LoadRun:
         if self.spec.api_key:
             env["RAG_API_KEY"] = self.spec.api_key
         log = self.spec.log_path.open("wb")
-        self._log_handle = log
+        self._log_handles.append(log)
         self.started_at = time.time()
         self._deadline = time.monotonic() + self.spec.hard_timeout_s
+        if self.spec.workers:
+            self.master_port = _free_loopback_port()
+        # Its own process group, killed as one on timeout. The workers join the master's
+        # group, which a process may only do within its session: so a new group, not a new
+        # session, when there are workers.
+        group: dict[str, Any] = (
+            {"process_group": 0} if self.spec.workers else {"start_new_session": True}
+        )
         self._process = subprocess.Popen(
-            self.spec.argv(),
+            self.spec.argv(self.master_port),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
             env=env,
-            start_new_session=True,  # its own process group: killed as one on timeout
+            **group,
         )
+        try:
+            for index in range(self.spec.workers):
+                assert self.master_port is not None
+                worker_log = self.spec.worker_log_path(index).open("wb")
+                self._log_handles.append(worker_log)
+                self._workers.append(
+                    subprocess.Popen(
+                        self.spec.worker_argv(self.master_port),
+                        stdin=subprocess.DEVNULL,
+                        stdout=worker_log,
+                        stderr=subprocess.STDOUT,
+                        cwd=REPO_ROOT,
+                        env=env,
+                        process_group=self._process.pid,  # the master's: one group to kill
+                    )
+                )
+        except Exception:
+            self.stop()
+            raise
         return self
 
     @property
@@ -303,6 +372,12 @@ class LoadRun:
             self._timed_out = True
             self._kill_group()
             exit_code = None
+        # workers quit when the master tells them; one that does not is killed
+        for worker in self._workers:
+            try:
+                worker.wait(timeout=max(TERMINATE_GRACE_S, self._deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill_group()
         self._close_log()
         totals: LocustTotals | None
         try:
@@ -310,7 +385,7 @@ class LoadRun:
         except LoadError:
             totals = None
         return LoadResult(
-            argv=self.spec.argv(),
+            argv=self.spec.argv(self.master_port),
             exit_code=exit_code,
             timed_out=self._timed_out,
             started_at=self.started_at,
@@ -325,11 +400,14 @@ class LoadRun:
         """Ask Locust to stop now (SIGTERM: it writes its statistics), kill it if it hangs.
         Never raises."""
         with contextlib.suppress(Exception):
-            if self.running():
+            processes = [p for p in (self._process, *self._workers) if p is not None]
+            if any(process.poll() is None for process in processes):
                 assert self._process is not None
                 os.killpg(self._process.pid, signal.SIGTERM)
+                deadline = time.monotonic() + TERMINATE_GRACE_S
                 try:
-                    self._process.wait(timeout=TERMINATE_GRACE_S)
+                    for process in processes:
+                        process.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     self._kill_group()
         self._close_log()
@@ -338,12 +416,13 @@ class LoadRun:
         assert self._process is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._process.wait(timeout=TERMINATE_GRACE_S)
+        for process in (self._process, *self._workers):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=TERMINATE_GRACE_S)
 
     def _close_log(self) -> None:
-        handle, self._log_handle = self._log_handle, None
-        if handle is not None:
+        handles, self._log_handles = self._log_handles, []
+        for handle in handles:
             with contextlib.suppress(Exception):
                 handle.close()
 
@@ -368,6 +447,12 @@ class LoadRun:
         self.stop()
 
 
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def start_load(
     host: str,
     out_dir: Path,
@@ -381,12 +466,14 @@ def start_load(
     extra_args: Sequence[str] = (),
     allow_non_loopback: bool = False,
     env: Mapping[str, str] | None = None,
+    workers: int = 0,
 ) -> LoadRun:
     """Start Locust against `host` and return the running `LoadRun` (see the module docstring).
 
     The target rate is about `users * user_rps` requests/s (e.g. 10 users x 5 = 50/s) as long
     as the service answers faster than 1/user_rps seconds. `spawn_rate` defaults to all users
-    within one second.
+    within one second. `workers` > 0 runs Locust distributed with that many local worker
+    processes (same timeline, same results).
     """
     spec = LoadSpec(
         host=host,
@@ -399,5 +486,6 @@ def start_load(
         golden=golden,
         extra_args=tuple(extra_args),
         allow_non_loopback=allow_non_loopback,
+        workers=workers,
     )
     return LoadRun(spec, env=env).start()

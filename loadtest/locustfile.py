@@ -11,16 +11,20 @@ With `--timeline PATH` every request is appended to PATH as one JSON line:
 `{"start", "latency_ms", "name", "status", "ok", "correct", "error", "question"}` (see
 harness.measure.RequestRecord).
 
-This file imports nothing from the harness so it can be copied and run anywhere Locust runs.
+This file imports nothing from the harness so it can be copied and run anywhere Locust runs;
+with the web UI it also loads `chaos_dashboard.py` (beside it, needs the harness) for the
+/chaos page, and carries on without it when that cannot be imported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import logging
 import os
 import random
+import sys
 import time
 import urllib.request
 import uuid
@@ -215,6 +219,14 @@ def add_arguments(parser: Any) -> None:
         default="",
         help="names this run's ingested documents loadtest-<run-id>-<n> (random if empty)",
     )
+    parser.add_argument(
+        "--harness-state-dir",
+        type=str,
+        env_var="HARNESS_STATE_DIR",
+        default="",
+        help="web UI only: the harness state directory whose cluster (`harness up`) the "
+        "/chaos page acts on (default: the harness's own, .state)",
+    )
 
 
 @events.init.add_listener
@@ -240,6 +252,26 @@ def on_init(environment: Environment, **_: Any) -> None:
             timeline_path.parent.mkdir(parents=True, exist_ok=True)
             timeline_path.write_bytes(b"")
         LoadState.timeline = Timeline(timeline_path)
+    if getattr(environment, "web_ui", None) is not None:
+        install_chaos_dashboard(environment, options.harness_state_dir)
+
+
+def install_chaos_dashboard(environment: Environment, state_dir: str) -> None:
+    """The /chaos page (chaos_dashboard.py beside this file): only with the web UI, so a
+    headless run, a worker, or a copy of this file alone never needs the harness."""
+    path = Path(__file__).with_name("chaos_dashboard.py")
+    try:
+        # by file path: Locust takes this file's directory off sys.path after importing it
+        spec = importlib.util.spec_from_file_location("chaos_dashboard", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        module.install(environment, state_dir)
+    except Exception:  # the charts and the load still work without it
+        sys.modules.pop("chaos_dashboard", None)
+        LOG.exception("chaos dashboard not available (%s)", path)
 
 
 @events.request.add_listener
