@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.providers.base import ClusterError, ClusterUnavailable
-from harness.settings import CLUSTER_CHOICES, get_settings
+from harness.settings import CLUSTER_CHOICES, RUNTIME_CHOICES, get_settings
 from harness.tables import render_pairs, render_table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CLUSTER = 0, 1, 2, 3
@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=settings.replicas,
             help=f"rag-api replicas (default {settings.replicas})",
         )
+        p.add_argument(
+            "--runtime",
+            choices=RUNTIME_CHOICES,
+            default=settings.runtime,
+            help=f"local cluster: pods as processes or Docker containers (default "
+            f"{settings.runtime}; env HARNESS_RUNTIME; auto = docker when an engine answers)",
+        )
 
     up = sub.add_parser("up", help="bring a cluster up and deploy the RAG API")
     cluster_choice(up)
@@ -93,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=_positive_float, default=settings.experiment_duration_s
     )
     experiment.add_argument("--out", type=Path, default=settings.reports_dir)
+    experiment.add_argument(
+        "--workers",
+        type=int,
+        choices=range(0, 17),
+        default=0,
+        metavar="N",
+        help="run Locust distributed: one master and N local worker processes (0-16; "
+        "default 0, one process)",
+    )
     common(experiment)
 
     run = sub.add_parser("run", help="the main job: up, deploy, e2e, chaos, report, down")
@@ -129,7 +145,9 @@ def _progress(message: str) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from harness import cluster as clusters
 
-    handle = clusters.open_cluster(args.cluster, context=args.context, progress=_progress)
+    handle = clusters.open_cluster(
+        args.cluster, context=args.context, progress=_progress, runtime=args.runtime
+    )
     _progress(f"cluster: {handle.name} ({handle.reason})")
     ok, how_to = clusters.preflight(handle)
     if not ok:
@@ -148,6 +166,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             ("api key", info.api_key),
             ("namespace", info.namespace),
             ("replicas", info.replicas),
+            *([("runtime", info.extra["runtime"])] if "runtime" in info.extra else []),
             ("ready in", f"{elapsed:.1f}s"),
         ]
     )
@@ -255,6 +274,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         out_dir=args.out,
         progress=_progress,
+        workers=args.workers,
     )
     _emit(args, result.report, summary_text([result.report]))
     return EXIT_OK if result.report["slo"]["passed"] else EXIT_FAILED
@@ -274,6 +294,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         progress=_progress,
         compare_tutorial=not args.no_tutorial,
+        runtime=args.runtime,
     )
     _emit(args, outcome.data, outcome.text)
     return EXIT_OK if outcome.passed else EXIT_FAILED

@@ -94,6 +94,19 @@ def _pod_crash(ctx: FaultContext) -> FaultInfo:
     return FaultInfo("crash", victim.name, at)
 
 
+def _oom_kill(ctx: FaultContext) -> FaultInfo:
+    breach = getattr(ctx.provider, "breach_memory_limit", None)
+    if breach is None:
+        raise ClusterError(
+            f"{type(ctx.provider).__name__} cannot breach a memory limit (the local cluster "
+            "with --runtime docker can)"
+        )
+    victim = _victim(ctx)
+    at = time.time()
+    ctx.notes["memory_breach"] = breach(victim.name)
+    return FaultInfo("oom-kill", victim.name, at)
+
+
 def _chroma_kill(ctx: FaultContext) -> FaultInfo:
     pods = [pod for pod in ctx.pods_before if not pod.deleting]
     if not pods:
@@ -163,6 +176,8 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
         ExperimentSpec("pod-delete-all", "delete every rag-api pod at once", _pod_delete_all,
                        all_replaced=True),
         ExperimentSpec("pod-crash", "SIGKILL one rag-api container (a crash)", _pod_crash),
+        ExperimentSpec("oom-kill", "breach one rag-api container's memory limit (docker)",
+                       _oom_kill),
         ExperimentSpec("chroma-kill", "kill the chroma pod (grace 0)", _chroma_kill,
                        app="chroma"),
         ExperimentSpec("llm-kill", "kill the LLM backend", _llm_kill, app="ollama",
@@ -235,8 +250,10 @@ def run_experiment(
     llm_killer: Callable[[], str] | None = None,
     freeze_s: float = 2.0,
     label: str = "",
+    workers: int = 0,
 ) -> ExperimentResult:
-    """Run one experiment on a cluster that is up; write its report under ``out_dir``."""
+    """Run one experiment on a cluster that is up; write its report under ``out_dir``.
+    ``workers`` > 0 runs Locust distributed with that many local worker processes."""
     if name not in EXPERIMENTS:
         raise ClusterError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     spec = EXPERIMENTS[name]
@@ -270,6 +287,7 @@ def run_experiment(
         user_rps=rate / users,
         api_key=api_key,
         allow_non_loopback=not url.startswith(("http://127.", "http://localhost")),
+        workers=workers,
     )
     fault: FaultInfo | None = None
     recovery: dict[str, Any] = {}
@@ -317,6 +335,7 @@ def run_experiment(
         "locust_exit_code": result.exit_code,
         "locust_requests": result.requests,
         "rate_target_per_s": rate,
+        "locust_workers": workers,
         "poll_recovery": {k: v for k, v in recovery.items() if k != "diagnostics"},
         "watch_events": len(watcher.events),
         "watch_error": repr(watcher.error) if watcher.error else None,

@@ -55,12 +55,15 @@ def run_main_job(
     duration_s: float,
     progress: Progress,
     compare_tutorial: bool = True,
+    runtime: str = "",
 ) -> MainJobOutcome:
     from harness.experiments import run_experiment, run_tutorial_comparison, summary_text
 
     names = _experiment_names(experiments)
     started = time.monotonic()
-    handle = clusters.open_cluster(cluster, context=context, purpose="run", progress=progress)
+    handle = clusters.open_cluster(
+        cluster, context=context, purpose="run", progress=progress, runtime=runtime
+    )
     progress(f"cluster: {handle.name} ({handle.reason})")
     ok, how_to = clusters.preflight(handle)
     if not ok:

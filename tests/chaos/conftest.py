@@ -14,7 +14,7 @@ from harness.slo import slo_for
 
 # Load shape of every scenario (the chaos issue's targets: 2 replicas, about 50 requests/s).
 CHAOS_USERS = int(os.environ.get("HARNESS_CHAOS_USERS", "10"))
-CHAOS_DURATION_S = float(os.environ.get("HARNESS_CHAOS_DURATION_S", "24"))
+CHAOS_DURATION_S = float(os.environ.get("HARNESS_CHAOS_DURATION_S", "20"))
 CHAOS_RATE_PER_S = float(os.environ.get("HARNESS_CHAOS_RATE_PER_S", "50"))
 
 RunChaos = Callable[..., ExperimentResult]
