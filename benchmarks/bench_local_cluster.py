@@ -108,17 +108,31 @@ def wait_replacement_ready(cluster: LocalCluster, original: set[str], timeout_s:
     raise TimeoutError(f"no replacement ready within {timeout_s}s:\n{cluster.diagnostics()}")
 
 
-def throughput(urls: list[str], clients: int, seconds: float) -> float:
+QUERY_BODY = json.dumps(
+    {"question": "What is the default termination grace period of a pod?", "top_k": 3}
+).encode()
+
+
+def throughput(urls: list[str], clients: int, seconds: float, path: str = "/healthz") -> float:
+    """Requests/s of `clients` threads, each request on a new connection (no keep-alive), so
+    every request crosses the proxy's accept-and-connect path like a new client would."""
     counts = [0] * clients
     errors = [0] * clients
     first_errors: list[str] = []
     stop = time.monotonic() + seconds
 
     def client(index: int) -> None:
-        url = urls[index % len(urls)] + "/healthz"
+        url = urls[index % len(urls)] + path
         while time.monotonic() < stop:
+            request = (
+                urllib.request.Request(  # noqa: S310 - loopback
+                    url, data=QUERY_BODY, headers={"content-type": "application/json"}
+                )
+                if path == "/query"
+                else urllib.request.Request(url)  # noqa: S310 - loopback
+            )
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                     response.read()
                 counts[index] += 1
             except (OSError, http.client.HTTPException) as exc:
@@ -147,7 +161,15 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--path",
+        choices=("/healthz", "/query"),
+        default="/healthz",
+        help="what the throughput comparison asks (/query needs --real)",
+    )
     args = parser.parse_args()
+    if args.path == "/query" and not args.real:
+        parser.error("--path /query needs --real (the stand-in has no /query)")
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     up_s: list[float] = []
@@ -169,8 +191,8 @@ def main() -> int:
                 time.sleep(1.0)  # let the deleted pod finish terminating
                 pods = [p for p in cluster.list_pods() if p.ready and not p.deleting]
                 direct = [cluster.pod_url(p.name) for p in pods]
-                proxied = throughput([info.url], args.clients, args.seconds)
-                straight = throughput(direct, args.clients, args.seconds)
+                proxied = throughput([info.url], args.clients, args.seconds, args.path)
+                straight = throughput(direct, args.clients, args.seconds, args.path)
                 proxied_rps.append(proxied)
                 direct_rps.append(straight)
                 ratios.append(proxied / straight)
@@ -186,6 +208,7 @@ def main() -> int:
         "workload": "real overlay" if args.real else "stand-in (tests/unit/standin_pod_server.py)",
         "rounds": args.rounds,
         "clients": args.clients,
+        "path": args.path,
         "up_to_ready_s_median": statistics.median(up_s),
         "replacement_ready_s_median": statistics.median(replacement_s),
         "replacement_ready_s_max": max(replacement_s),

@@ -1,6 +1,7 @@
 """`python -m rag_api`: uvicorn, configured from the settings, with graceful shutdown.
 
-On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish for up to
+On SIGTERM it stops accepting connections, drains keep-alive clients for up to RAG_DRAIN_S
+(rag_api.lifecycle), then uvicorn lets in-flight requests finish for up to
 RAG_SHUTDOWN_TIMEOUT_S, runs the app's shutdown and exits 0.
 """
 
@@ -26,6 +27,7 @@ def main() -> int:
 
     import uvicorn
 
+    from rag_api.lifecycle import DrainingServer
     from rag_api.main import create_app
 
     config = uvicorn.Config(
@@ -42,7 +44,7 @@ def main() -> int:
     # end the process "killed by SIGTERM"); a graceful stop is a success, so exit 0 instead
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _stopped_by_signal)
-    uvicorn.Server(config).run()
+    DrainingServer(config, drain_s=settings.drain_s).run()
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag_api.lifecycle import draining
 from rag_api.metrics import ServiceMetrics
 
 log = logging.getLogger("rag_api.access")
@@ -100,6 +101,9 @@ class RequestContextMiddleware:
                         (b"x-request-id", header_id),
                         (b"x-served-by", self.served_by),
                     ]
+                    if draining.is_set():
+                        # shutting down: ask the client to reconnect (to a ready pod)
+                        message["headers"].append((b"connection", b"close"))
                 await send(message)
 
             await self.app(scope, receive, send_with_id)

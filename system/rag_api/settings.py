@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a pod serves on all its addresses
     port: int = Field(default=8000, ge=1, le=65535)
     shutdown_timeout_s: float = Field(default=20.0, gt=0, le=600)
+    # after SIGTERM, serve open keep-alive connections with `Connection: close` this long (or
+    # until none is left) before closing them: clients reconnect instead of failing
+    drain_s: float = Field(default=2.0, ge=0, le=60)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # who answered: echoed in the X-Served-By header (the pod's name via the downward API;
     # the host name when unset)

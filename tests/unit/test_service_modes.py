@@ -203,3 +203,30 @@ def test_invalid_settings_stop_the_start_with_a_clear_message(tmp_path: Path) ->
     log = service.logs()
     assert code == 2, log
     assert "RAG_STORE" in log and "RAG_API_KEY" in log and "at least 16" in log
+
+
+def test_sigterm_drains_keep_alive_clients_before_closing(tmp_path: Path) -> None:
+    """After SIGTERM a request on an open keep-alive connection is still served, told to
+    reconnect (Connection: close); new connections are refused; the process then exits."""
+    service = ServiceProcess(tmp_path, _embedded(tmp_path, RAG_DRAIN_S="5")).start()
+    try:
+        service.wait_ready()
+        assert service.process is not None
+        with service.client() as client:
+            first = client.get("/healthz")
+            assert first.status_code == 200 and first.headers.get("connection") != "close"
+            service.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            time.sleep(0.5)  # past the server's next tick: listeners closed, draining
+            with pytest.raises(httpx.TransportError):  # a new connection is refused
+                httpx.get(service.url + "/healthz", timeout=2)
+            second = client.post("/query", json=QUESTION)  # the same keep-alive connection
+            assert second.status_code == 200, second.text
+            assert second.headers.get("connection") == "close", second.headers
+        code = service.process.wait(timeout=15)
+        exited_s = time.monotonic() - signalled
+    finally:
+        service.terminate()
+    assert code == 0, service.logs()
+    # the client closed its connection on `Connection: close`: the drain ends early
+    assert exited_s < 5, f"exit took {exited_s:.1f}s; the drain should end with the last client"
