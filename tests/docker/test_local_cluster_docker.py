@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from harness.cluster import ClusterHandle
 from harness.experiments import run_experiment
@@ -25,11 +24,11 @@ from harness.golden import judge, load_golden
 from harness.providers.base import PodInfo
 from harness.providers.local import LocalCluster
 from harness.providers.local.docker_runtime import LABEL_POD_UID, LABEL_STATE_DIR
-from harness.providers.local.layout import bind_error, read_json
-from harness.providers.local.manifests import render_overlay
+from harness.providers.local.layout import read_json
 from harness.providers.local.runtime import memory_bytes
 from harness.waiting import wait_for
 from tests.docker.containers import docker
+from tests.overlay_support import free_node_port, overlay_beside_others
 
 pytestmark = pytest.mark.docker
 
@@ -43,42 +42,15 @@ RAG_API_MEMORY_LIMIT = memory_bytes("1Gi")  # k8s/base/rag-api-deployment.yaml
 OOM_EXPERIMENT_S = 18.0
 
 
-def _free_node_port() -> int:
-    for port in range(31862, 31900):
-        if bind_error("127.0.0.1", port) is None:
-            return port
-    raise RuntimeError("no free nodePort in 31862-31899 on 127.0.0.1")
-
-
-def _overlay_beside_others(directory: Path) -> Path:
-    """The real overlay, rendered, with chroma's loopback clusterIP moved to a free address:
-    the overlay's 127.0.2.10 may be taken by a local cluster someone runs on this machine."""
-    objects = render_overlay(OVERLAY)
-    free = next(
-        (f"127.0.2.{n}" for n in range(40, 250) if bind_error(f"127.0.2.{n}", 8000) is None), None
-    )
-    if free is None:
-        raise RuntimeError("no free 127.0.2.x:8000 for chroma's clusterIP")
-    for obj in objects:
-        name = obj["metadata"]["name"]
-        if obj["kind"] == "Service" and name == "chroma":
-            obj["spec"]["clusterIP"] = free
-        if obj["kind"] == "ConfigMap" and name == "rag-api-config":
-            obj["data"]["RAG_CHROMA_HOST"] = free
-    path = directory / "local-overlay.yaml"
-    path.write_text(yaml.safe_dump_all(objects))
-    return path
-
-
 @pytest.fixture(scope="module")
 def docker_cluster(docker_engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     directory = tmp_path_factory.mktemp("docker-cluster")
     cluster = LocalCluster(
         directory / "state",
         runtime="docker",
-        overlay=_overlay_beside_others(directory),
+        overlay=overlay_beside_others(directory),
         pod_network=POD_NETWORK,
-        node_ports={"rag-api": _free_node_port()},
+        node_ports={"rag-api": free_node_port()},
     )
     started = time.monotonic()
     info = cluster.up(replicas=2)

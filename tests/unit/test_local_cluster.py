@@ -25,6 +25,7 @@ import yaml
 
 from harness.providers.base import ClusterError, PodInfo, RolloutTimeout
 from harness.providers.local import ImageMapping, LocalCluster, ManifestError
+from tests.overlay_support import LOCAL_OVERLAY, free_node_port, overlay_beside_others
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -526,7 +527,7 @@ def test_without_an_engine_docker_says_how_to_get_one_and_auto_picks_processes(
     assert auto.runtime == "process" and "docker binary not found" in auto.runtime_reason
 
 
-REAL_OVERLAY = REPO / "k8s" / "overlays" / "local"
+REAL_OVERLAY = LOCAL_OVERLAY
 
 
 @pytest.mark.e2e
@@ -535,10 +536,18 @@ def test_the_real_overlay_comes_up_and_answers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("HARNESS_LOCAL_PROBE_PERIOD_S")
-    cluster = LocalCluster(tmp_path / "state", overlay=REAL_OVERLAY, node_ports={"rag-api": 31860})
+    # a nodePort, chroma clusterIP and pod network of its own: the e2e session's cluster (or
+    # one a person has up) may hold the overlay's
+    node_port = free_node_port()
+    cluster = LocalCluster(
+        tmp_path / "state",
+        overlay=overlay_beside_others(tmp_path),
+        node_ports={"rag-api": node_port},
+        pod_network="127.0.61.0/24",
+    )
     try:
         info = cluster.up(replicas=2)
-        assert info.url == "http://127.0.0.1:31860" and info.api_key
+        assert info.url == f"http://127.0.0.1:{node_port}" and info.api_key
         assert len(ready_pods(cluster)) == 2
         import json
 
