@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness.providers.local import ImageMapping, LocalCluster  # noqa: E402
+from tests.standin_manifests import deployment_and_service  # noqa: E402
 
 STANDIN_DIR = REPO / "tests" / "unit"
 NODE_PORT = 31957
@@ -51,31 +52,7 @@ def standin_objects(node_port: int) -> list[dict[str, object]]:
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
         "lifecycle": {"preStop": {"sleep": {"seconds": 0.2}}},
     }
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "rag-api"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "rag-api"}},
-                "template": {
-                    "metadata": {"labels": {"app": "rag-api"}},
-                    "spec": {"terminationGracePeriodSeconds": 5, "containers": [container]},
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "rag-api"},
-            "spec": {
-                "type": "NodePort",
-                "selector": {"app": "rag-api"},
-                "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}],
-            },
-        },
-    ]
+    return deployment_and_service(container, node_port)
 
 
 def make_cluster(args: argparse.Namespace, workdir: Path) -> LocalCluster:

@@ -33,6 +33,7 @@ from harness import cluster as clusters
 from harness.providers.base import ClusterInfo
 from harness.providers.local import ImageMapping, LocalCluster
 from harness.settings import get_settings
+from tests.standin_manifests import deployment_and_service
 
 pytestmark = pytest.mark.browser
 
@@ -126,31 +127,7 @@ def standin_objects(node_port: int, golden: Path) -> list[dict[str, Any]]:
         },
         "lifecycle": {"preStop": {"sleep": {"seconds": 0.3}}},
     }
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "rag-api"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "rag-api"}},
-                "template": {
-                    "metadata": {"labels": {"app": "rag-api"}},
-                    "spec": {"terminationGracePeriodSeconds": 5, "containers": [container]},
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "rag-api"},
-            "spec": {
-                "type": "NodePort",
-                "selector": {"app": "rag-api"},
-                "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}],
-            },
-        },
-    ]
+    return deployment_and_service(container, node_port)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import yaml
 from harness.providers.base import ClusterError, PodInfo, RolloutTimeout
 from harness.providers.local import ImageMapping, LocalCluster, ManifestError
 from tests.overlay_support import LOCAL_OVERLAY, free_node_port, overlay_beside_others
+from tests.standin_manifests import deployment_and_service
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -75,34 +76,18 @@ def standin_manifest(
             }
         ],
     }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cfg"},
+        "data": {"port": "8000"},
+    }
+    strategy = {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "cfg"},
-            "data": {"port": "8000"},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "rag-api"},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": "rag-api"}},
-                "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": {"metadata": {"labels": {"app": "rag-api"}}, "spec": pod_spec},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "rag-api"},
-            "spec": {
-                "type": "NodePort",
-                "selector": {"app": "rag-api"},
-                "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}],
-            },
-        },
+        config_map,
+        *deployment_and_service(
+            {}, node_port, replicas=replicas, strategy=strategy, pod_spec=pod_spec
+        ),
     ]
 
 
