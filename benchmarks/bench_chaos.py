@@ -71,12 +71,11 @@ def main() -> int:
         try:
             for name in args.scenarios:
                 for round_number in range(args.rounds):
-                    freeze = {"users": 5, "rate_per_s": 25.0} if name == "pod-freeze" else {}
                     result = run_experiment(
                         handle,
                         name,
-                        users=freeze.get("users", args.users),
-                        rate_per_s=freeze.get("rate_per_s", args.rate),
+                        users=args.users,
+                        rate_per_s=args.rate,
                         duration_s=args.duration,
                         out_dir=out,
                         progress=lambda line: print(f"  {line}", flush=True),

