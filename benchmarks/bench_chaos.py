@@ -45,6 +45,22 @@ def _median(values: list[Any]) -> str:
     return f"{mid:.3g} [{low:.3g}..{high:.3g}]" if low != high else f"{mid:.3g}"
 
 
+def replace_restarted_pods(provider: LocalCluster) -> None:
+    """Delete pods whose container already restarted, so each crash round starts from fresh
+    pods: a second crash of the same container would time the restart back-off instead."""
+    restarted = [p.name for p in provider.list_pods("rag-api") if p.restarts and not p.deleting]
+    for name in restarted:
+        provider.delete_pod(name)
+    if restarted:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pods = [p for p in provider.list_pods("rag-api")]
+            if len(pods) == 2 and all(p.ready and not p.restarts for p in pods):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"restarted pods {restarted} not replaced: {provider.diagnostics()}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", default=list(DEFAULT_SCENARIOS))
@@ -52,6 +68,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--duration", type=float, default=24.0)
+    parser.add_argument("--freeze", type=float, default=2.0, help="pod-freeze: seconds frozen")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench-chaos")
     args = parser.parse_args()
     unknown = [name for name in args.scenarios if name not in EXPERIMENTS]
@@ -71,6 +88,8 @@ def main() -> int:
         try:
             for name in args.scenarios:
                 for round_number in range(args.rounds):
+                    if name in ("pod-crash", "oom-kill"):
+                        replace_restarted_pods(provider)
                     result = run_experiment(
                         handle,
                         name,
@@ -80,6 +99,7 @@ def main() -> int:
                         out_dir=out,
                         progress=lambda line: print(f"  {line}", flush=True),
                         label=f"{name}-{round_number + 1}",
+                        freeze_s=args.freeze,
                     )
                     results.setdefault(name, []).append(result.report)
         finally:

@@ -66,7 +66,12 @@ class ExperimentSpec:
 
 
 def _victim(ctx: FaultContext) -> PodInfo:
-    ready = sorted((p for p in ctx.pods_before if p.ready and not p.deleting), key=lambda p: p.name)
+    # the pod that restarted least: crashing the same container again would measure the
+    # kubelet's restart back-off (10 s, 20 s, ...), not the recovery
+    ready = sorted(
+        (p for p in ctx.pods_before if p.ready and not p.deleting),
+        key=lambda p: (p.restarts, p.name),
+    )
     if not ready:
         raise ClusterError("no ready rag-api pod to disrupt; is the deployment healthy?")
     return ready[0]
