@@ -8,6 +8,7 @@ from the request timeline and the pod events, SLOs checked, report written.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -377,8 +378,6 @@ def _victims(spec: ExperimentSpec, pods_before: list[PodInfo], fault: FaultInfo)
 
 
 def _event_line(event: ClusterEvent) -> str:
-    import json
-
     payload = {
         "kind": event.kind,
         "type": event.type,

@@ -42,15 +42,15 @@ def select_targets(
     provider: ClusterProvider, count: int, target: str = ""
 ) -> tuple[str, list[PodInfo]]:
     """Pick the pods to kill: a named pod, ``count`` pods of an app, or of rag-api."""
-    app = target if target in KNOWN_APPS else "rag-api"
-    pods = [pod for pod in provider.list_pods(app) if not pod.deleting]
     if target and target not in KNOWN_APPS:
-        named = [pod for pod in provider.list_pods("rag-api") + provider.list_pods("chroma")]
+        named = provider.list_pods("rag-api") + provider.list_pods("chroma")
         chosen = [pod for pod in named if pod.name == target]
         if not chosen:
             names = ", ".join(pod.name for pod in named) or "(none)"
             raise ClusterError(f"no pod named {target!r}; pods are: {names}")
-        return chosen[0].app or app, chosen
+        return chosen[0].app or "rag-api", chosen
+    app = target or "rag-api"
+    pods = [pod for pod in provider.list_pods(app) if not pod.deleting]
     if not pods:
         raise ClusterError(f"no running {app} pods to kill; is the cluster up (harness status)?")
     if count > len(pods):

@@ -119,7 +119,6 @@ def run_main_job(
             reports.append(experiment.report)
             verdict = "passed" if experiment.report["slo"]["passed"] else "SLO BREACHED"
             progress(f"chaos: {name}: {verdict}")
-        comparison = ""
         if names and compare_tutorial and handle.name == "local":
             progress("chaos: pod-delete on the tutorial's configuration and on ours ...")
             tutorial, ours, path = run_tutorial_comparison(

@@ -34,6 +34,8 @@ from harness.providers.base import ClusterInfo
 from harness.providers.local import ImageMapping, LocalCluster
 from harness.settings import get_settings
 from tests.standin_manifests import deployment_and_service
+from tests.standins.rag_api_standin import SAMPLE_QUESTIONS, write_golden
+from tests.unit.service_support import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -46,20 +48,6 @@ CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
 STANDIN_IMAGE = "dashboard-standin"
 WAIT_S = float(os.environ.get("HARNESS_TEST_WAIT_S", "30"))
 RECOVERY_ROW_WAIT_S = float(os.environ.get("HARNESS_DASHBOARD_ROW_WAIT_S", "60"))
-QUESTIONS = [
-    {
-        "id": "grace",
-        "question": "How long is the default grace period?",
-        "expected_doc": "pod-termination",
-        "facts": ["30 seconds"],
-    },
-    {
-        "id": "probes",
-        "question": "What does a readiness probe gate?",
-        "expected_doc": "probes",
-        "facts": ["endpoints"],
-    },
-]
 INSTALL_HINT = (
     "needs Debian's chromium and chromedriver and the selenium package: "
     "`apt-get install -y chromium chromium-driver` and `.venv/bin/pip install selenium` "
@@ -74,12 +62,6 @@ def _browser_tools_missing() -> str:
     except ImportError:
         missing.append("selenium")
     return ", ".join(missing)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def free_node_port() -> int:
@@ -168,8 +150,7 @@ def dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dashb
     state_dir = tmp_path / "state"
     monkeypatch.setenv("HARNESS_STATE_DIR", str(state_dir))
     get_settings.cache_clear()
-    golden = tmp_path / "golden.yaml"
-    golden.write_text(yaml.safe_dump({"top_k": 3, "questions": QUESTIONS}))
+    golden = write_golden(tmp_path / "golden.yaml", SAMPLE_QUESTIONS)
     node_port = free_node_port()
     overlay = tmp_path / "manifest.yaml"
     overlay.write_text(yaml.safe_dump_all(standin_objects(node_port, golden)))

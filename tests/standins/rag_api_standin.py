@@ -15,12 +15,47 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+#: two golden questions the stand-in answers (tests that need no real knowledge base)
+SAMPLE_QUESTIONS: list[dict[str, Any]] = [
+    {
+        "id": "grace",
+        "question": "How long is the default grace period?",
+        "expected_doc": "pod-termination",
+        "facts": ["30 seconds"],
+    },
+    {
+        "id": "probes",
+        "question": "What does a readiness probe gate?",
+        "expected_doc": "probes",
+        "facts": ["endpoints"],
+    },
+]
+
+
+def write_golden(path: Path, questions: list[dict[str, Any]], **extra: Any) -> Path:
+    """A golden file (the schema of tests/e2e/golden.yaml) the locustfile can read."""
+    path.write_text(yaml.safe_dump({"top_k": 3, **extra, "questions": questions}))
+    return path
+
+
+def process_gone(pid: int) -> bool:
+    """True when no process `pid` exists any more (Locust and its workers must not linger)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 class RagApiStandIn:

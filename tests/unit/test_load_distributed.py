@@ -6,48 +6,30 @@ measure from the merged timeline.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.load import LoadError, LoadSpec, start_load
 from harness.measure import request_metrics
 from harness.report import FaultInfo, build_report, validate_report, write_report
 from harness.slo import slo_for
-from tests.standins.rag_api_standin import RagApiStandIn
+from tests.standins.rag_api_standin import (
+    SAMPLE_QUESTIONS,
+    RagApiStandIn,
+    process_gone,
+    write_golden,
+)
 
 API_KEY = "standin-key"
-QUESTIONS = [
-    {
-        "id": "grace",
-        "question": "How long is the default grace period?",
-        "expected_doc": "pod-termination",
-        "facts": ["30 seconds"],
-    },
-    {
-        "id": "probes",
-        "question": "What does a readiness probe gate?",
-        "expected_doc": "probes",
-        "facts": ["endpoints"],
-    },
-]
 
-
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+QUESTIONS = SAMPLE_QUESTIONS
 
 
 def test_two_workers_give_one_complete_timeline_and_the_same_report(tmp_path: Path) -> None:
-    golden = tmp_path / "golden.yaml"
-    golden.write_text(yaml.safe_dump({"top_k": 3, "questions": QUESTIONS}))
+    golden = write_golden(tmp_path / "golden.yaml", QUESTIONS)
     standin = RagApiStandIn(QUESTIONS, api_key=API_KEY).start()
     try:
         with start_load(

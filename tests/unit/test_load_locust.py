@@ -6,17 +6,15 @@ golden file, one of them wrongly, and is taken down for a known time mid-run.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.load import LoadRun, LoadSpec, start_load
 from harness.measure import request_metrics
-from tests.standins.rag_api_standin import RagApiStandIn
+from tests.standins.rag_api_standin import RagApiStandIn, process_gone, write_golden
 
 API_KEY = "standin-key"
 QUESTIONS = [
@@ -48,17 +46,7 @@ OUTAGE_TOLERANCE_S = 0.25
 
 @pytest.fixture
 def golden_file(tmp_path: Path) -> Path:
-    path = tmp_path / "golden.yaml"
-    path.write_text(yaml.safe_dump({"top_k": 3, "min_hit_rate": 0.9, "questions": QUESTIONS}))
-    return path
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+    return write_golden(tmp_path / "golden.yaml", QUESTIONS, min_hit_rate=0.9)
 
 
 def test_every_request_is_recorded_judged_and_an_outage_is_measured(
