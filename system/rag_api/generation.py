@@ -176,6 +176,10 @@ class Generator:
 
             self._client = ollama.Client(host=settings.ollama_host, timeout=settings.llm_timeout_s)
 
+    @property
+    def calls_llm(self) -> bool:
+        return self._client is not None
+
     def answer(self, question: str, hits: Sequence[Hit]) -> Answer:
         if self._client is None:
             return self._fallback(question, hits, "disabled")

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rag_api import __version__
 from rag_api.api.routes import documents, health, metrics, query
-from rag_api.batching import QuestionBatcher
+from rag_api.batching import RetrievalBatcher
 from rag_api.errors import install_error_handlers
 from rag_api.metrics import ServiceMetrics
 from rag_api.middleware import RequestContextMiddleware
@@ -23,7 +23,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service_metrics = ServiceMetrics()
     service = RagService(settings, service_metrics)
-    batcher = QuestionBatcher(service.embed_questions, workers=settings.embed_workers)
+    batcher = RetrievalBatcher(
+        service.retrieve,
+        workers=settings.embed_workers,
+        batch_sizes=service_metrics.retrieval_batch_size,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -55,6 +55,12 @@ class ServiceMetrics:
             buckets=_STORE_BUCKETS,
             registry=self.registry,
         )
+        self.retrieval_batch_size = Histogram(
+            "rag_retrieval_batch_size",
+            "Questions embedded and looked up together in one batch.",
+            buckets=(1, 2, 4, 8, 16),
+            registry=self.registry,
+        )
         self.documents_indexed = Counter(
             "rag_documents_indexed_total",
             "Documents written to the store (knowledge load and API ingest).",

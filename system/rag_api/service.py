@@ -13,9 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from rag_api.chunking import chunk_text, read_markdown_dir
 from rag_api.embeddings import MiniLMEmbedder, shared_embedder
 from rag_api.generation import Answer, Generator
@@ -82,7 +79,9 @@ class RagService:
         warm_store = threading.Thread(target=self._warm_store, name="rag-store-warm", daemon=True)
         warm_store.start()
         try:
-            self._embedder = shared_embedder(self.settings.embed_threads)
+            self._embedder = shared_embedder(
+                self.settings.embed_threads, self.settings.embed_model_path
+            )
             self.startup.model_loaded = True
         except Exception as error:  # a broken model install: not ready, say why
             self.startup.last_error = f"embedding model failed to load: {error!r}"
@@ -163,15 +162,21 @@ class RagService:
 
     # queries -----------------------------------------------------------------------------
     def query(self, question: str, top_k: int) -> QueryResult:
-        return self.answer_with_vector(question, self.embedder.embed_one(question), top_k)
+        hits = self.retrieve([question], top_k)[0]
+        return QueryResult(answer=self.answer(question, hits), hits=hits)
 
-    def embed_questions(self, questions: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self.embedder.embed(questions)
+    def retrieve(self, questions: Sequence[str], top_k: int) -> list[list[Hit]]:
+        """The top_k passages for each question: one embedding run and one store call."""
+        vectors = self.embedder.embed(questions)
+        return self.store.query_many(vectors.tolist(), top_k)
 
-    def answer_with_vector(self, question: str, vector: Sequence[float], top_k: int) -> QueryResult:
-        """Retrieve with an embedding computed elsewhere (the batcher) and answer."""
-        hits = self.store.query(vector, top_k)
-        return QueryResult(answer=self.generator.answer(question, hits), hits=hits)
+    def answer(self, question: str, hits: Sequence[Hit]) -> Answer:
+        return self.generator.answer(question, hits)
+
+    @property
+    def answers_call_out(self) -> bool:
+        """True when answering may wait on the LLM (so it belongs in a worker thread)."""
+        return self.generator.calls_llm
 
     # documents ---------------------------------------------------------------------------
     def ingest(self, doc_id: str, title: str, text: str) -> int:
@@ -196,6 +201,8 @@ class RagService:
     # readiness ---------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {"embedding_model": self.startup.model_loaded}
+        if self._embedder is not None:
+            checks["embedding_model_file"] = self._embedder.model_path.name
         try:
             count = self.store.count()
             checks["store"] = True

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     chunk_chars: int = Field(default=800, ge=100, le=8_000)
     embed_threads: int = Field(default=1, ge=1, le=8)  # onnxruntime intra-op threads per call
     embed_workers: int = Field(default=2, ge=1, le=16)  # question batches embedded at once
+    # an ONNX file of all-MiniLM-L6-v2; unset: the prepared model if present, else the shipped
+    embed_model_path: Path | None = None
 
     @field_validator("collection")
     @classmethod
@@ -84,6 +86,19 @@ class Settings(BaseSettings):
                 "starting and ending with a letter or digit"
             )
         return value
+
+    @field_validator("embed_model_path", mode="before")
+    @classmethod
+    def _embed_model_file(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # unset: the prepared model, else the shipped one
+        path = Path(str(value))
+        if not path.is_file():
+            raise ValueError(
+                f"no ONNX model file at {path}; leave it unset for the default, or run "
+                "`python -m rag_api.model_prep --output PATH` to make one"
+            )
+        return path
 
     @field_validator("ollama_host")
     @classmethod

@@ -139,25 +139,39 @@ class VectorStore:
         return self._call("count", lambda c: c.count())
 
     def query(self, embedding: Sequence[float], top_k: int) -> list[Hit]:
-        def run(c: Collection) -> list[Hit]:
+        return self.query_many([embedding], top_k)[0]
+
+    def query_many(self, embeddings: Sequence[Sequence[float]], top_k: int) -> list[list[Hit]]:
+        """The top_k hits for each vector, from one chroma call (its cost is mostly per call)."""
+
+        def run(c: Collection) -> list[list[Hit]]:
             result = c.query(
-                query_embeddings=[list(embedding)],  # type: ignore[arg-type]
+                query_embeddings=[list(vector) for vector in embeddings],  # type: ignore[arg-type]
                 n_results=top_k,
                 include=["documents", "metadatas", "distances"],
             )
-            documents = (result.get("documents") or [[]])[0]
-            metadatas = (result.get("metadatas") or [[]])[0]
-            distances = (result.get("distances") or [[]])[0]
+            documents = result.get("documents") or []
+            metadatas = result.get("metadatas") or []
+            distances = result.get("distances") or []
             return [
-                Hit(
-                    doc_id=str(meta.get("doc_id", "")),
-                    title=str(meta.get("title", "")),
-                    text=text or "",
-                    score=round(1.0 - float(distance), 4),
-                )
-                for text, meta, distance in zip(documents, metadatas, distances, strict=False)
+                [
+                    Hit(
+                        doc_id=str(meta.get("doc_id", "")),
+                        title=str(meta.get("title", "")),
+                        text=text or "",
+                        score=round(1.0 - float(distance), 4),
+                    )
+                    for text, meta, distance in zip(
+                        documents[row], metadatas[row], distances[row], strict=False
+                    )
+                ]
+                if row < len(distances)
+                else []
+                for row in range(len(embeddings))
             ]
 
+        if not embeddings:
+            return []
         return self._call("query", run)
 
     def get_document(self, doc_id: str) -> StoredDocument | None:

@@ -92,6 +92,52 @@ def test_top_k_sets_the_number_of_sources(client: httpx.Client) -> None:
     assert len(body["sources"]) == 2
 
 
+def test_concurrent_questions_get_exactly_what_lone_questions_get(service: ServiceProcess) -> None:
+    """Questions arriving together are embedded and looked up in batches; with mixed top_k
+    in one batch, each must still get its own answer, sources and scores, as if alone."""
+    import asyncio
+
+    asks = [
+        (question, top_k)
+        for question in (
+            "What is a pod?",
+            "What is the default NodePort range?",
+            "How does a readiness probe differ from a liveness probe?",
+            "What is retrieval-augmented generation?",
+        )
+        for top_k in (1, 2, 3)
+    ]
+    with service.client() as client:
+        alone = [client.post("/query", json={"question": q, "top_k": k}).json() for q, k in asks]
+
+    async def together() -> list[dict[str, object]]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30.0) as http:
+            responses = await asyncio.gather(
+                *(http.post("/query", json={"question": q, "top_k": k}) for q, k in asks * 3)
+            )
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+        return [r.json() for r in responses]
+
+    def batches_of_several() -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with service.client() as client:
+            text = client.get("/metrics").text
+        (family,) = (
+            f for f in text_string_to_metric_families(text) if f.name == "rag_retrieval_batch_size"
+        )
+        values = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+        return (
+            values[("rag_retrieval_batch_size_count", None)]
+            - values[("rag_retrieval_batch_size_bucket", "1.0")]
+        )
+
+    before = batches_of_several()
+    concurrent = asyncio.run(together())
+    assert concurrent == alone * 3
+    assert batches_of_several() > before, "no batch held more than one question: not exercised"
+
+
 def test_request_id_is_honoured_and_echoed(client: httpx.Client, service: ServiceProcess) -> None:
     response = client.get("/healthz", headers={"X-Request-ID": "req-abc.123"})
     assert response.headers["x-request-id"] == "req-abc.123"

@@ -55,10 +55,19 @@ def test_markdown_files_become_documents_with_stem_ids_and_heading_titles(tmp_pa
 
 # -- embeddings ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def embedder():  # type: ignore[no-untyped-def]
-    from rag_api.embeddings import MiniLMEmbedder
+def prepared_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prepared (integer arithmetic) model, made here for real from the shipped file."""
+    from rag_api.model_prep import prepare
 
-    return MiniLMEmbedder(threads=1)
+    return prepare(tmp_path_factory.mktemp("model") / "prepared.onnx").path
+
+
+@pytest.fixture(scope="module", params=["shipped", "prepared"])
+def embedder(request: pytest.FixtureRequest, prepared_model: Path):  # type: ignore[no-untyped-def]
+    from rag_api.embeddings import MiniLMEmbedder, shipped_model_path
+
+    path = shipped_model_path() if request.param == "shipped" else prepared_model
+    return MiniLMEmbedder(model_path=path, threads=1)
 
 
 def test_batches_are_padded_to_their_longest_input_not_a_fixed_length(embedder) -> None:  # type: ignore[no-untyped-def]
@@ -91,6 +100,69 @@ def test_similar_meanings_are_closer_than_unrelated_ones(embedder) -> None:  # t
         ]
     )
     assert float(question @ related) > float(question @ unrelated) + 0.2
+
+
+def test_only_the_prepared_model_needs_a_run_per_text(prepared_model: Path) -> None:
+    """Dynamic quantization picks its scale from the whole batch: the embedder notices at load
+    and runs texts one by one, so a vector never depends on its neighbours."""
+    from rag_api.embeddings import MiniLMEmbedder, shipped_model_path
+
+    assert MiniLMEmbedder(model_path=shipped_model_path()).batch_invariant
+    assert not MiniLMEmbedder(model_path=prepared_model).batch_invariant
+
+
+def test_the_prepared_model_agrees_with_the_shipped_one_on_the_knowledge_base(
+    prepared_model: Path,
+) -> None:
+    from rag_api.embeddings import MiniLMEmbedder, shipped_model_path
+
+    knowledge = Path(__file__).resolve().parents[2] / "system" / "knowledge"
+    texts = [document.text[:1500] for document in read_markdown_dir(knowledge)]
+    shipped = MiniLMEmbedder(model_path=shipped_model_path()).embed(texts)
+    prepared = MiniLMEmbedder(model_path=prepared_model).embed(texts)
+    cosines = (shipped * prepared).sum(axis=1)
+    assert cosines.min() > 0.97 and cosines.mean() > 0.99, cosines
+
+
+def test_the_default_model_is_the_prepared_one_else_the_shipped_one_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rag_api import embeddings, model_prep
+
+    prepared = tmp_path / model_prep.PREPARED_FILE_NAME
+    monkeypatch.setattr(model_prep, "prepared_model_path", lambda: prepared)
+    with caplog.at_level("WARNING", logger="rag_api.embeddings"):
+        assert embeddings.default_model_path() == embeddings.shipped_model_path()
+    assert "rag_api.model_prep" in caplog.text
+    prepared.write_bytes(b"onnx")
+    assert embeddings.default_model_path() == prepared
+
+
+def test_model_prep_writes_nothing_when_the_result_disagrees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag_api import model_prep
+
+    output = tmp_path / "out" / "prepared.onnx"
+    monkeypatch.setattr(model_prep, "MIN_AGREEMENT", 1.01)  # no quantized model can agree so
+    with pytest.raises(model_prep.PrepareFailed, match="disagrees"):
+        model_prep.prepare(output)
+    assert not output.exists()
+    assert list(output.parent.iterdir()) == []  # no scratch files left behind either
+
+
+def test_model_prep_names_a_missing_source_and_an_existing_output_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rag_api import model_prep
+
+    with pytest.raises(model_prep.PrepareFailed, match="no model at"):
+        model_prep.prepare(tmp_path / "out.onnx", source=tmp_path / "missing.onnx")
+    existing = tmp_path / "existing.onnx"
+    existing.write_bytes(b"kept")
+    assert model_prep.main(["--output", str(existing), "--if-missing"]) == 0
+    assert existing.read_bytes() == b"kept"
+    assert "already" in capsys.readouterr().out
 
 
 def test_embedder_speaks_chromas_embedding_function_protocol(embedder) -> None:  # type: ignore[no-untyped-def]
@@ -182,6 +254,7 @@ def test_a_timeout_trips_the_breaker_at_once() -> None:
         ("RAG_COLLECTION", "x", "RAG_COLLECTION"),
         ("RAG_LLM_TIMEOUT_S", "0", "RAG_LLM_TIMEOUT_S"),
         ("RAG_TOP_K_MAX", "0", "RAG_TOP_K_MAX"),
+        ("RAG_EMBED_MODEL_PATH", "/nonexistent/model.onnx", "model_prep"),
     ],
 )
 def test_settings_refuse_invalid_or_unsafe_values(

@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
 
-from rag_api.batching import QuestionBatcher
+from rag_api.batching import RetrievalBatcher
 from rag_api.service import RagService
 from rag_api.settings import Settings
+from rag_api.store import Hit
 
 
 def get_settings(request: Request) -> Settings:
@@ -20,13 +21,13 @@ def get_service(request: Request) -> RagService:
     return request.app.state.service
 
 
-def get_batcher(request: Request) -> QuestionBatcher:
+def get_batcher(request: Request) -> RetrievalBatcher[list[Hit]]:
     return request.app.state.batcher
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[RagService, Depends(get_service)]
-BatcherDep = Annotated[QuestionBatcher, Depends(get_batcher)]
+BatcherDep = Annotated[RetrievalBatcher[list[Hit]], Depends(get_batcher)]
 
 
 def require_api_key(

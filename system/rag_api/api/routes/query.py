@@ -46,14 +46,15 @@ async def query(
             detail=f"top_k must be between 1 and {settings.top_k_max}, got {k}",
         )
     service.embedder  # noqa: B018 - raises NotReady (503) while the model loads
-    vector = await batcher.embed(question)
-    # store and LLM calls block: they run in the threadpool
-    result = await run_in_threadpool(service.answer_with_vector, question, vector, k)
+    # embedding and store lookup, batched with concurrent questions, in a worker thread
+    hits = await batcher.retrieve(question, k)
+    if service.answers_call_out:  # the LLM call blocks: a worker thread
+        answer = await run_in_threadpool(service.answer, question, hits)
+    else:  # extractive: a little pure Python, cheaper here than a thread hand-off
+        answer = service.answer(question, hits)
     return QueryResponse(
-        answer=result.answer.text,
-        sources=[
-            Source(id=h.doc_id, title=h.title, score=h.score, text=h.text) for h in result.hits
-        ],
-        model=result.answer.model,
-        degraded=result.answer.degraded,
+        answer=answer.text,
+        sources=[Source(id=h.doc_id, title=h.title, score=h.score, text=h.text) for h in hits],
+        model=answer.model,
+        degraded=answer.degraded,
     )
