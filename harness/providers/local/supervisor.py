@@ -337,7 +337,9 @@ class Supervisor:
         self, service: ServiceSpec, target_port: int | str
     ) -> list[tuple[str, int]]:
         backends = []
-        for pod in sorted(self.pods.values(), key=lambda p: p.name):
+        # called from the proxies' threads too: list() copies the pods in one step (no Python
+        # code runs inside it, so the loop thread cannot change the dict halfway)
+        for pod in sorted(list(self.pods.values()), key=lambda p: p.name):
             if not pod.ready or pod.deleting or not service.selector:
                 continue
             if any(pod.template.labels.get(k) != v for k, v in service.selector.items()):
