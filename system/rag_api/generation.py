@@ -7,6 +7,7 @@ breaker stops calling after repeated failures until a cool-down has passed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -114,6 +115,23 @@ def content_words(text: str) -> set[str]:
     return words
 
 
+@functools.lru_cache(maxsize=4096)
+def _passage_sentences(text: str, title: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """A passage's candidate sentences with their content words, in reading order.
+
+    A pure function of the stored text, cached: the same passages come back for many
+    questions, and splitting them was most of an extractive answer's cost.
+    """
+    sentences = []
+    for line in text.split("\n"):
+        line = _MARKDOWN_NOISE.sub("", line).strip()
+        for sentence in split_sentences(line):
+            if len(sentence) < 12 or sentence.lower() == title.lower():
+                continue
+            sentences.append((sentence, frozenset(content_words(sentence))))
+    return tuple(sentences)
+
+
 def extractive_answer(question: str, hits: Sequence[Hit], max_sentences: int = 3) -> str:
     """The sentences of the best passages that share the most words with the question."""
     if not hits:
@@ -122,16 +140,12 @@ def extractive_answer(question: str, hits: Sequence[Hit], max_sentences: int = 3
     scored: list[tuple[float, int, str]] = []
     order = 0
     for rank, hit in enumerate(hits[:3]):
-        for line in hit.text.split("\n"):
-            line = _MARKDOWN_NOISE.sub("", line).strip()
-            for sentence in split_sentences(line):
-                if len(sentence) < 12 or sentence.lower() == hit.title.lower():
-                    continue
-                overlap = len(question_words & content_words(sentence))
-                if overlap:
-                    # passages further down the ranking need more overlap to win
-                    scored.append((overlap * hit.score - 0.05 * rank, -order, sentence))
-                order += 1
+        for sentence, words in _passage_sentences(hit.text, hit.title):
+            overlap = len(question_words & words)
+            if overlap:
+                # passages further down the ranking need more overlap to win
+                scored.append((overlap * hit.score - 0.05 * rank, -order, sentence))
+            order += 1
     if not scored:
         first = split_sentences(_MARKDOWN_NOISE.sub("", hits[0].text.split("\n\n")[-1]))
         return first[0] if first else hits[0].text[:300]
