@@ -11,6 +11,13 @@ concurrency with async httpx for a bounded number of requests and time, and prin
 With --rounds N the drive is repeated and medians are printed. --compare-shipped also starts
 a second service on the shipped embedding model (RAG_EMBED_MODEL_PATH) beside the default
 (prepared) one and alternates rounds between them, so the ratio comes from one run.
+
+The load generator shares the two cores with the service, so what it costs per request is
+taken from the service. Two clients drive the same requests (--client, default both, in
+alternation): `httpx`, async httpx as a Python user would write it (about 1.3 ms of CPU per
+request here), and `raw`, keep-alive HTTP/1.1 written straight on asyncio streams (a fraction
+of that), which leaves the service the CPU a load generator on another machine would. Both
+check every answer (status 200 and an `answer` in the body).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ QUESTIONS = [
     "What does a circuit breaker do?",
 ]
 READY_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 30.0
 
 
@@ -96,7 +104,9 @@ async def drive(
     issued = 0
     deadline = time.monotonic() + max_seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S
+    ) as client:
 
         async def worker() -> None:
             nonlocal issued, errors
@@ -106,7 +116,7 @@ async def drive(
                 started = time.perf_counter()
                 try:
                     response = await client.post("/query", json={"question": question, "top_k": 3})
-                    ok = response.status_code == 200
+                    ok = response.status_code == 200 and b'"answer"' in response.content
                 except httpx.HTTPError:
                     ok = False
                 if ok:
@@ -119,6 +129,10 @@ async def drive(
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
+    return _figures(latencies, errors, elapsed)
+
+
+def _figures(latencies: list[float], errors: int, elapsed: float) -> dict[str, float]:
     if len(latencies) < 2:
         raise SystemExit(
             f"too few successful requests to measure ({len(latencies)}, {errors} errors)"
@@ -135,6 +149,103 @@ async def drive(
     }
 
 
+def _request_bytes(host: str, port: int, question: str) -> bytes:
+    body = json.dumps({"question": question, "top_k": 3}).encode()
+    head = (
+        f"POST /query HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[bool, bool]:
+    """One request on an open connection: (answered correctly, connection still usable)."""
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+    status_line, _, header_block = head.partition(b"\r\n")
+    length = -1
+    keep_alive = True
+    for line in header_block.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection" and value.strip().lower() == b"close":
+            keep_alive = False
+    if length < 0:  # no Content-Length (chunked or to-close): not a reply this client reads
+        return False, False
+    body = await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT_S)
+    return status_line.split(b" ", 2)[1] == b"200" and b'"answer"' in body, keep_alive
+
+
+async def drive_raw(
+    base_url: str, concurrency: int, total: int, max_seconds: float
+) -> dict[str, float]:
+    """The same drive as `drive`, on keep-alive connections written by hand (cheap per call)."""
+    host, port_text = base_url.removeprefix("http://").rsplit(":", 1)
+    port = int(port_text)
+    requests = [_request_bytes(host, port, question) for question in QUESTIONS]
+    # one connection per client, kept across requests (and from the warm-up on) like a pool
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [
+        None
+    ] * concurrency
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+
+    async def ask(client: int, request: bytes) -> bool:
+        connection = connections[client]
+        try:
+            if connection is None:
+                connection = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), REQUEST_TIMEOUT_S
+                )
+                connections[client] = connection
+            ok, keep_alive = await _exchange(*connection, request)
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ValueError,
+            IndexError,
+        ):
+            ok, keep_alive = False, False
+        if not keep_alive and connection is not None:
+            connection[1].close()
+            connections[client] = None
+        return ok
+
+    async def worker(client: int, deadline: float) -> None:
+        nonlocal issued, errors
+        while issued < total and time.monotonic() < deadline:
+            request = requests[issued % len(requests)]
+            issued += 1
+            started = time.perf_counter()
+            if await ask(client, request):
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+
+    try:
+        # warm-up: connections open, caches warm
+        await asyncio.gather(*(ask(client, requests[0]) for client in range(concurrency)))
+        began = time.perf_counter()
+        deadline = time.monotonic() + max_seconds
+        await asyncio.gather(*(worker(client, deadline) for client in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    finally:
+        for connection in connections:
+            if connection is not None:
+                connection[1].close()
+    return _figures(latencies, errors, elapsed)
+
+
+DRIVERS = {"raw": drive_raw, "httpx": drive}
+
+
 def median_figures(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.median(r[key] for r in rounds), 2) for key in rounds[0]}
 
@@ -149,6 +260,12 @@ def main() -> int:
         "--compare-shipped",
         action="store_true",
         help="also measure the shipped embedding model, rounds alternating, and print ratios",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("both", *DRIVERS),
+        default="both",
+        help="load generator: raw asyncio keep-alive, httpx, or both in alternation",
     )
     parser.add_argument("--knowledge-dir", type=Path, default=KNOWLEDGE_DIR)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -177,6 +294,7 @@ def main() -> int:
 
             variants["shipped"] = {"RAG_EMBED_MODEL_PATH": str(shipped_model_path())}
         services: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        clients = list(DRIVERS) if args.client == "both" else [args.client]
         result: dict[str, object] = {"concurrency": args.concurrency, "rounds": args.rounds}
         try:
             for name, extra in variants.items():
@@ -199,12 +317,16 @@ def main() -> int:
                     "first_start_with_indexing_s": round(first_ready_s, 2),
                     "start_to_ready_s": round(ready_s, 2),
                 }
-            rounds: dict[str, list[dict[str, float]]] = {name: [] for name in services}
+            rounds: dict[tuple[str, str], list[dict[str, float]]] = {
+                (name, client): [] for name in services for client in clients
+            }
             for _ in range(args.rounds):
-                for name, (_, port) in services.items():  # alternating: same noise for both
-                    rounds[name].append(
+                # alternating services and clients: drift in the machine's speed hits them all
+                for (name, client), figures in rounds.items():
+                    port = services[name][1]
+                    figures.append(
                         asyncio.run(
-                            drive(
+                            DRIVERS[client](
                                 f"http://127.0.0.1:{port}",
                                 args.concurrency,
                                 args.requests,
@@ -216,30 +338,46 @@ def main() -> int:
             for process, _ in services.values():
                 stop_service(process)
 
-    for name, figures in rounds.items():
-        result[name] = {**result[name], **median_figures(figures)}  # type: ignore[dict-item]
-    default: dict[str, float] = result["default"]  # type: ignore[assignment]
-    if "shipped" in result:
-        shipped: dict[str, float] = result["shipped"]  # type: ignore[assignment]
-        result["ratio_rps_default_over_shipped"] = round(default["rps"] / shipped["rps"], 2)
-        result["ratio_p95_default_over_shipped"] = round(default["p95_ms"] / shipped["p95_ms"], 2)
+    medians = {key: median_figures(drives) for key, drives in rounds.items()}
+    for (name, client), median in medians.items():
+        result[name][f"{client}_client"] = median  # type: ignore[index]
+    for client in clients:
+        if "shipped" in services:
+            default, shipped = medians[("default", client)], medians[("shipped", client)]
+            result[f"ratio_rps_default_over_shipped_{client}"] = round(
+                default["rps"] / shipped["rps"], 2
+            )
+            result[f"ratio_p95_default_over_shipped_{client}"] = round(
+                default["p95_ms"] / shipped["p95_ms"], 2
+            )
+    if len(clients) == 2:
+        result["ratio_rps_raw_over_httpx_client"] = round(
+            medians[("default", "raw")]["rps"] / medians[("default", "httpx")]["rps"], 2
+        )
     if args.json:
         print(json.dumps(result))
     else:
-        for key, value in result.items():
-            if isinstance(value, dict):
-                print(f"{key}:")
-                for inner, figure in value.items():
-                    print(f"  {inner:>28}: {figure}")
-            else:
-                print(f"{key}: {value}")
-        print(
-            f"targets (default service, medians): "
-            f">= 200 rps {'met' if default['rps'] >= 200 else 'MISSED'}, "
-            f"p95 < 50 ms {'met' if default['p95_ms'] < 50 else 'MISSED'}, "
-            f"start-to-ready < 2 s {'met' if default['start_to_ready_s'] < 2 else 'MISSED'}"
-        )
+        _print_nested(result)
+        ready_s = result["default"]["start_to_ready_s"]  # type: ignore[index]
+        for client in clients:
+            default = medians[("default", client)]
+            print(
+                f"targets (default service, {client} client, medians): "
+                f">= 200 rps {'met' if default['rps'] >= 200 else 'MISSED'}, "
+                f"p95 < 50 ms {'met' if default['p95_ms'] < 50 else 'MISSED'}, "
+                f"start-to-ready < 2 s {'met' if ready_s < 2 else 'MISSED'}"
+            )
     return 0
+
+
+def _print_nested(value: object, indent: int = 0) -> None:
+    assert isinstance(value, dict)
+    for key, inner in value.items():
+        if isinstance(inner, dict):
+            print(f"{' ' * indent}{key}:")
+            _print_nested(inner, indent + 2)
+        else:
+            print(f"{' ' * indent}{key:>30}: {inner}")
 
 
 if __name__ == "__main__":
