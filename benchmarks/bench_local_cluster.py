@@ -6,8 +6,9 @@
 The stand-in workload is tests/unit/standin_pod_server.py (a stdlib HTTP server standing in
 for the rag-api image); --real runs the actual service and chroma. Figures are medians of
 --rounds runs. Proxy overhead: C concurrent clients, each request a new TCP connection
-(HTTP/1.0, no keep-alive), for --seconds in all against the NodePort and directly against the
-pods, in the same run, in A-B-B-A order; ratio = proxied / direct requests/s.
+(HTTP/1.0, no keep-alive), for --seconds in all against the NodePort and for as long directly
+against the pods, in the same run, in --slices short slices in A-B-B-A order repeated (8 by
+default: the machine's speed drifts within a round); ratio = proxied / direct requests/s.
 
 Direct requests take turns over the pods one request at a time, as the proxy balances new
 connections. Pinning each client to one pod instead (what this benchmark did first; still
@@ -138,6 +139,11 @@ def throughput(
     return sum(counts) / seconds
 
 
+def slice_order(slices: int) -> str:
+    """A = proxied, B = direct: "ABBA" repeated, so a linear drift favours neither side."""
+    return "ABBA" * (slices // 4)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -160,9 +166,20 @@ def main() -> int:
         action="store_true",
         help="also measure direct calls with each client pinned to one pod (the first method)",
     )
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=8,
+        help="proxied and direct slices per round, in A-B-B-A order repeated (a multiple of 4)",
+    )
     args = parser.parse_args()
     if args.path == "/query" and not args.real:
         parser.error("--path /query needs --real (the stand-in has no /query)")
+    if args.slices < 4 or args.slices % 4:
+        parser.error(f"--slices must be a positive multiple of 4 (A-B-B-A), not {args.slices}")
+    if args.seconds <= 0 or args.rounds < 1 or args.clients < 1:
+        parser.error("--seconds, --rounds and --clients must be positive")
+    slice_s = 2 * args.seconds / args.slices  # each side gets --seconds in all
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     up_s: list[float] = []
@@ -185,15 +202,17 @@ def main() -> int:
                 time.sleep(1.0)  # let the deleted pod finish terminating
                 pods = [p for p in cluster.list_pods() if p.ready and not p.deleting]
                 direct = [cluster.pod_url(p.name) for p in pods]
-                # A-B-B-A: drift during the round (warm-up, a background burst) hits both
-                first = throughput([info.url], args.clients, args.seconds / 2, args.path)
-                straight = (
-                    throughput(direct, args.clients, args.seconds / 2, args.path)
-                    + throughput(direct, args.clients, args.seconds / 2, args.path)
-                ) / 2
-                proxied = (
-                    first + throughput([info.url], args.clients, args.seconds / 2, args.path)
-                ) / 2
+                # A-B-B-A repeated: drift during the round (warm-up, a background burst, the
+                # machine's speed) hits both sides alike
+                proxied_slices: list[float] = []
+                direct_slices: list[float] = []
+                for side in slice_order(args.slices):
+                    urls, into = (
+                        ([info.url], proxied_slices) if side == "A" else (direct, direct_slices)
+                    )
+                    into.append(throughput(urls, args.clients, slice_s, args.path))
+                proxied = statistics.fmean(proxied_slices)
+                straight = statistics.fmean(direct_slices)
                 proxied_rps.append(proxied)
                 direct_rps.append(straight)
                 ratios.append(proxied / straight)
@@ -213,6 +232,7 @@ def main() -> int:
     figures = {
         "workload": "real overlay" if args.real else "stand-in (tests/unit/standin_pod_server.py)",
         "rounds": args.rounds,
+        "slices_per_round": args.slices,
         "clients": args.clients,
         "path": args.path,
         "up_to_ready_s_median": statistics.median(up_s),
