@@ -247,7 +247,9 @@ def _figure(report: Mapping[str, Any], key: str) -> str:
 
 def render_markdown(report: Mapping[str, Any], png_name: str | None = TIMELINE_PNG) -> str:
     slo = report["slo"]
-    verdict = "PASSED" if slo.get("passed") else "FAILED"
+    verdict = {"PASS": "PASSED", "INFO": "none (informational run; its checks passed)"}.get(
+        slo_verdict(report), "FAILED"
+    )
     fault = report["fault"]
     lines = [
         f"# Chaos experiment `{report['scenario']}`: SLO {verdict}",
@@ -301,9 +303,16 @@ def _summary_rows(reports: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
         label = (report.get("extra") or {}).get("label")
         if label and SUMMARY_COLUMNS[0][0] == "scenario":
             row[0] = label
-        row.append("PASS" if report["slo"].get("passed") else "FAIL")
+        row.append(slo_verdict(report))
         rows.append(row)
     return rows
+
+
+def slo_verdict(report: Mapping[str, Any]) -> str:
+    """PASS or FAIL; INFO for a run kept for its figures (no SLO on them) whose checks passed."""
+    if not report["slo"].get("passed"):
+        return "FAIL"
+    return "INFO" if (report.get("extra") or {}).get("slo_informational") else "PASS"
 
 
 def summary_text(reports: Sequence[Mapping[str, Any]]) -> str:
@@ -320,10 +329,18 @@ def summary_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
             _figure(report, key) if key in {"error_rate_during", "correct_rate"} else _fmt(value)
             for (key, _), value in zip(SUMMARY_COLUMNS, row, strict=False)
         ]
-        cells.append("pass" if row[-1] == "PASS" else "**FAIL**")
+        cells.append(_verdict_cell(row[-1]))
         lines.append("| " + " | ".join(cells) + " |")
-    passed = sum(1 for report in reports if report["slo"].get("passed"))
-    return f"{passed} of {len(reports)} experiments met their SLOs.\n\n" + "\n".join(lines) + "\n"
+    verdicts = [slo_verdict(report) for report in reports]
+    judged = len(verdicts) - verdicts.count("INFO")
+    head = f"{verdicts.count('PASS')} of {judged} experiments met their SLOs."
+    if "INFO" in verdicts:
+        head += f" {verdicts.count('INFO')} informational (figures only, no SLO)."
+    return head + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _verdict_cell(verdict: str) -> str:
+    return {"PASS": "pass", "INFO": "info"}.get(verdict, "**FAIL**")
 
 
 def comparison_markdown(
@@ -349,8 +366,7 @@ def comparison_markdown(
             f"{_fmt(right['latency'][phase].get('p95'))} |"
         )
     lines.append(
-        f"| SLO | {'pass' if left['slo'].get('passed') else '**FAIL**'} | "
-        f"{'pass' if right['slo'].get('passed') else '**FAIL**'} |"
+        f"| SLO | {_verdict_cell(slo_verdict(left))} | {_verdict_cell(slo_verdict(right))} |"
     )
     lines += ["", _comparison_sentence(left, right, left_label, right_label)]
     return "\n".join(lines) + "\n"

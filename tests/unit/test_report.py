@@ -15,7 +15,9 @@ from harness.report import (
     FaultInfo,
     build_report,
     comparison_markdown,
+    render_markdown,
     report_schema_markdown,
+    slo_verdict,
     summary_markdown,
     summary_text,
     validate_report,
@@ -127,6 +129,26 @@ def test_comparison_puts_two_runs_side_by_side() -> None:
     # from 999.963 to 1004.0 + 17 ms and to 1000.5 + 17 ms
     assert outage_row == "| longest outage (s) | 4.054 | 0.554 |"
     assert f"users saw {tutorial['failures']} failed requests" in markdown
+
+
+def test_an_informational_run_is_told_apart_from_a_pass_and_a_fail() -> None:
+    judged, _ = experiment("pod-delete", outage_to=1000.5, failures_ok=True)
+    tutorial, _ = experiment("pod-delete", outage_to=1004.0, failures_ok=True)
+    tutorial["extra"] = {**tutorial["extra"], "label": "pod-delete-tutorial",
+                         "slo_informational": True}  # fmt: skip
+    broken, _ = experiment("pod-delete", outage_to=1004.0, failures_ok=False)
+    broken["extra"] = {**broken["extra"], "slo_informational": True}
+
+    assert [slo_verdict(r) for r in (judged, tutorial, broken)] == ["PASS", "INFO", "FAIL"]
+    rows = summary_text([judged, tutorial]).splitlines()
+    assert rows[2].split()[0] == "pod-delete-tutorial" and rows[2].split()[-1] == "INFO"
+    markdown = summary_markdown([judged, tutorial, broken])
+    assert markdown.startswith(
+        "1 of 2 experiments met their SLOs. 1 informational (figures only, no SLO)."
+    )
+    comparison = comparison_markdown(tutorial, judged)
+    assert "| SLO | info | pass |" in comparison
+    assert render_markdown(tutorial).startswith("# Chaos experiment `pod-delete`: SLO none")
 
 
 def test_validate_report_names_each_problem() -> None:
