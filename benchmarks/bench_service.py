@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -96,40 +97,55 @@ def stop_service(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-async def drive(
-    base_url: str, concurrency: int, total: int, max_seconds: float
-) -> dict[str, float]:
+Ask = Callable[[int, int], Awaitable[bool]]  # (client, request number) -> answered correctly
+
+
+def _answered(status: int, body: bytes) -> bool:
+    return status == 200 and b'"answer"' in body
+
+
+async def _measure(concurrency: int, total: int, max_seconds: float, ask: Ask) -> dict[str, float]:
+    """Each client asks once to warm up (not counted), then `concurrency` clients ask until
+    `total` requests or `max_seconds`; request n asks QUESTIONS[n % len(QUESTIONS)]."""
+    await asyncio.gather(*(ask(client, 0) for client in range(concurrency)))
     latencies: list[float] = []
     errors = 0
     issued = 0
     deadline = time.monotonic() + max_seconds
+
+    async def worker(client: int) -> None:
+        nonlocal issued, errors
+        while issued < total and time.monotonic() < deadline:
+            number = issued
+            issued += 1
+            started = time.perf_counter()
+            if await ask(client, number):
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(client) for client in range(concurrency)))
+    return _figures(latencies, errors, time.perf_counter() - began)
+
+
+async def drive(
+    base_url: str, concurrency: int, total: int, max_seconds: float
+) -> dict[str, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
         base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S
     ) as client:
 
-        async def worker() -> None:
-            nonlocal issued, errors
-            while issued < total and time.monotonic() < deadline:
-                question = QUESTIONS[issued % len(QUESTIONS)]
-                issued += 1
-                started = time.perf_counter()
-                try:
-                    response = await client.post("/query", json={"question": question, "top_k": 3})
-                    ok = response.status_code == 200 and b'"answer"' in response.content
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
+        async def ask(_client: int, number: int) -> bool:
+            question = QUESTIONS[number % len(QUESTIONS)]
+            try:
+                response = await client.post("/query", json={"question": question, "top_k": 3})
+            except httpx.HTTPError:
+                return False
+            return _answered(response.status_code, response.content)
 
-        for _ in range(concurrency):  # warm-up: connections open, caches warm
-            await client.post("/query", json={"question": QUESTIONS[0]})
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return _figures(latencies, errors, elapsed)
+        return await _measure(concurrency, total, max_seconds, ask)
 
 
 def _figures(latencies: list[float], errors: int, elapsed: float) -> dict[str, float]:
@@ -177,7 +193,7 @@ async def _exchange(
     if length < 0:  # no Content-Length (chunked or to-close): not a reply this client reads
         return False, False
     body = await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT_S)
-    return status_line.split(b" ", 2)[1] == b"200" and b'"answer"' in body, keep_alive
+    return _answered(int(status_line.split(b" ", 2)[1]), body), keep_alive
 
 
 async def drive_raw(
@@ -191,11 +207,8 @@ async def drive_raw(
     connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [
         None
     ] * concurrency
-    latencies: list[float] = []
-    errors = 0
-    issued = 0
 
-    async def ask(client: int, request: bytes) -> bool:
+    async def ask(client: int, number: int) -> bool:
         connection = connections[client]
         try:
             if connection is None:
@@ -203,7 +216,7 @@ async def drive_raw(
                     asyncio.open_connection(host, port), REQUEST_TIMEOUT_S
                 )
                 connections[client] = connection
-            ok, keep_alive = await _exchange(*connection, request)
+            ok, keep_alive = await _exchange(*connection, requests[number % len(requests)])
         except (
             OSError,
             asyncio.IncompleteReadError,
@@ -218,29 +231,12 @@ async def drive_raw(
             connections[client] = None
         return ok
 
-    async def worker(client: int, deadline: float) -> None:
-        nonlocal issued, errors
-        while issued < total and time.monotonic() < deadline:
-            request = requests[issued % len(requests)]
-            issued += 1
-            started = time.perf_counter()
-            if await ask(client, request):
-                latencies.append(time.perf_counter() - started)
-            else:
-                errors += 1
-
     try:
-        # warm-up: connections open, caches warm
-        await asyncio.gather(*(ask(client, requests[0]) for client in range(concurrency)))
-        began = time.perf_counter()
-        deadline = time.monotonic() + max_seconds
-        await asyncio.gather(*(worker(client, deadline) for client in range(concurrency)))
-        elapsed = time.perf_counter() - began
+        return await _measure(concurrency, total, max_seconds, ask)
     finally:
         for connection in connections:
             if connection is not None:
                 connection[1].close()
-    return _figures(latencies, errors, elapsed)
 
 
 DRIVERS = {"raw": drive_raw, "httpx": drive}

@@ -424,11 +424,11 @@ def run_tutorial_comparison(
             describe=lambda: provider.diagnostics("rag-api"),
         )
         # the tutorial has no SLO to meet: its figures are the point
-        informational = {"max_failed_requests": None, "max_total_s": None,
-                         "require_recovery": False}  # fmt: skip
+        no_limits = {"max_failed_requests": None, "max_total_s": None,
+                     "require_recovery": False}  # fmt: skip
         tutorial = run_experiment(
             handle, "pod-delete", users=users, duration_s=duration_s, out_dir=out_dir,
-            progress=progress, slo_overrides=informational, rate_per_s=rate_per_s,
+            progress=progress, slo_overrides=no_limits, rate_per_s=rate_per_s,
             label="pod-delete-tutorial", informational=True,
         )  # fmt: skip
     finally:

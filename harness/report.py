@@ -324,14 +324,15 @@ def summary_text(reports: Sequence[Mapping[str, Any]]) -> str:
 def summary_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
     headers = [label for _, label in SUMMARY_COLUMNS] + ["SLO"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for report, row in zip(reports, _summary_rows(reports), strict=True):
+    rows = _summary_rows(reports)
+    for report, row in zip(reports, rows, strict=True):
         cells = [
             _figure(report, key) if key in {"error_rate_during", "correct_rate"} else _fmt(value)
             for (key, _), value in zip(SUMMARY_COLUMNS, row, strict=False)
         ]
         cells.append(_verdict_cell(row[-1]))
         lines.append("| " + " | ".join(cells) + " |")
-    verdicts = [slo_verdict(report) for report in reports]
+    verdicts = [row[-1] for row in rows]
     judged = len(verdicts) - verdicts.count("INFO")
     head = f"{verdicts.count('PASS')} of {judged} experiments met their SLOs."
     if "INFO" in verdicts:
