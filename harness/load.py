@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -344,19 +344,31 @@ class LoadRun:
 
     def wait_for_requests(self, count: int = 1, timeout_s: float = 30.0) -> list[RequestRecord]:
         """Block until the timeline holds `count` requests: the load is flowing."""
+        return self.wait_for_records(
+            lambda records: len(records) >= count, f"{count} requests", timeout_s
+        )
+
+    def wait_for_records(
+        self,
+        done: Callable[[list[RequestRecord]], bool],
+        what: str,
+        timeout_s: float = 30.0,
+    ) -> list[RequestRecord]:
+        """Block until `done(records so far)` holds, and return those records. `what` names
+        the condition for the timeout's message (e.g. "an ingest answered 401")."""
         began = time.monotonic()
         deadline = began + timeout_s
         records: list[RequestRecord] = []
         while time.monotonic() < deadline:
             records = self.records()
-            if len(records) >= count:
+            if done(records):
                 return records
             if not self.running():
                 break
             time.sleep(POLL_INTERVAL_S)
         raise LoadError(
-            f"waited {time.monotonic() - began:.1f} s (of {timeout_s:g}) for {count} requests "
-            f"in {self.spec.timeline_path}; saw {len(records)}, Locust "
+            f"waited {time.monotonic() - began:.1f} s (of {timeout_s:g}) for {what} "
+            f"in {self.spec.timeline_path}; saw {len(records)} requests, Locust "
             f"{'running' if self.running() else 'exited'}. "
             f"Last log lines:\n{self._log_tail()}"
         )

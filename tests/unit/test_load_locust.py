@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.load import LoadRun, LoadSpec, start_load
-from harness.measure import request_metrics
+from harness.measure import RequestRecord, request_metrics
 from tests.standins.rag_api_standin import RagApiStandIn, process_gone, write_golden
 
 API_KEY = "standin-key"
@@ -52,7 +52,7 @@ def golden_file(tmp_path: Path) -> Path:
 def test_every_request_is_recorded_judged_and_an_outage_is_measured(
     tmp_path: Path, golden_file: Path
 ) -> None:
-    wrong_question = next(q["question"] for q in QUESTIONS if q["id"] == WRONG)
+    wrong_question = str(next(q["question"] for q in QUESTIONS if q["id"] == WRONG))
     standin = RagApiStandIn(QUESTIONS, wrong=[wrong_question], api_key=API_KEY).start()
     try:
         with start_load(
@@ -137,14 +137,38 @@ def test_without_a_key_ingest_stops_at_401_and_stop_ends_locust_early(
         )
         began = time.monotonic()
         with LoadRun(spec) as run:
-            run.wait_for_requests(60, timeout_s=30)
+            # an ingest is 1 task in 24, so a fixed count of requests may hold none (about
+            # 1 run in 13 at 60): wait for the first 401, then for enough requests after it
+            # (about 5 ingests' worth) to show that ingests stay off
+            first_401 = run.wait_for_records(
+                lambda records: _first_ingest_401(records) is not None,
+                "an ingest answered 401",
+                timeout_s=20,
+            )
+            refused_at = _first_ingest_401(first_401)
+            assert refused_at is not None
+            run.wait_for_records(
+                lambda records: sum(1 for r in records if r.start > refused_at) >= 120,
+                "120 requests after the first 401",
+                timeout_s=20,
+            )
             run.stop()  # SIGTERM long before the 60 s run time: Locust writes its statistics
             result = run.wait().check()
-        assert time.monotonic() - began < 30
+        assert time.monotonic() - began < 45
     finally:
         standin.stop()
     ingests = [r for r in result.records if r.name == "POST /documents"]
-    assert [r.status for r in ingests] == [401]  # the first 401 turned ingests off
+    assert ingests and all(r.status == 401 for r in ingests), ingests
+    # the first 401 turned ingests off: none started after it came back (users run
+    # concurrently, so another may already have been in flight)
+    assert all(r.start <= refused_at for r in ingests), ingests
+    assert sum(1 for r in result.records if r.start > refused_at) >= 120
     assert standin.documents == {}
     assert len(result.records) == result.requests
     assert run.pid is not None and process_gone(run.pid)
+
+
+def _first_ingest_401(records: list[RequestRecord]) -> float | None:
+    """When the first ingest refused with 401 came back (time.time() seconds), if any."""
+    ends = [r.end for r in records if r.name == "POST /documents" and r.status == 401]
+    return min(ends) if ends else None
